@@ -1,0 +1,1 @@
+"""seqmodels.data: corpus, tokenizer, packing, loaders, synthetic tasks."""

@@ -1,0 +1,1 @@
+"""seqmodels.kernels: chunked kernels with their naive references, one folder per op."""
