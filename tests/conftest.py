@@ -1,0 +1,13 @@
+"""Test-wide settings.
+
+Without a GPU, Triton kernels run in the interpreter: TRITON_INTERPRET must be set before any
+@triton.jit function is defined, so it is set here, before test modules import the kernels.
+"""
+import os
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
