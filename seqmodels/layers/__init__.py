@@ -1,0 +1,7 @@
+"""Token mixers, one file per family; importing this package registers them all by name."""
+from seqmodels.layers.registry import get_mixer, mixer_names, register_mixer
+from seqmodels.layers.base import Mixer
+
+from seqmodels.layers import attention  # noqa: F401  (registers "attention")
+
+__all__ = ["Mixer", "get_mixer", "mixer_names", "register_mixer"]

@@ -1,0 +1,93 @@
+"""Softmax attention, Llama style: the baseline and the linearization teacher.
+
+Vaswani et al. 2017 (arXiv 1706.03762, Eq. 1): softmax(Q K^T / sqrt(d)) V, causal; rotary
+positions (Su et al. 2021, arXiv 2104.09864) on q and k; grouped-query attention (Ainslie
+et al. 2023, arXiv 2305.13245) when n_kv_heads < n_heads. DESIGN §5.1.
+
+Decoding state: a KVCache (grows with T: the cost the linear families remove). Projection
+names match Hugging Face's LlamaAttention (q_proj, k_proj, v_proj, o_proj).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from seqmodels.layers.base import Mixer
+from seqmodels.layers.registry import register_mixer
+from seqmodels.layers.rope import apply_rope, rope_cos_sin
+from seqmodels.state import KVCache
+
+
+@dataclass
+class AttentionOptions:
+    qkv_bias: bool = False  # Qwen2-style biases on q/k/v projections
+    rope: bool = True
+
+
+@register_mixer("attention")
+class SoftmaxAttention(Mixer):
+    Options = AttentionOptions
+
+    def __init__(self, cfg, layer_idx: int):
+        super().__init__(cfg, layer_idx)
+        self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.kv_heads, cfg.dk
+        if cfg.dk != cfg.dv:
+            raise ValueError(f"softmax attention needs head_dim_k == head_dim_v, got {cfg.dk} and {cfg.dv}")
+        bias = self.options.qkv_bias
+        self.q_proj = nn.Linear(cfg.d_model, self.n_heads * self.head_dim, bias=bias)
+        self.k_proj = nn.Linear(cfg.d_model, self.n_kv_heads * self.head_dim, bias=bias)
+        self.v_proj = nn.Linear(cfg.d_model, self.n_kv_heads * self.head_dim, bias=bias)
+        self.o_proj = nn.Linear(self.n_heads * self.head_dim, cfg.d_model, bias=False)
+
+    @staticmethod
+    def check_config(cfg, options) -> None:
+        if options.rope and cfg.dk % 2:
+            raise ValueError(f"rotary embeddings need an even head_dim_k, got {cfg.dk}")
+
+    def init_state(self, batch_size, device=None, dtype=None) -> KVCache:
+        shape = (batch_size, 0, self.n_kv_heads, self.head_dim)
+        return KVCache(torch.zeros(shape, device=device, dtype=dtype), torch.zeros(shape, device=device, dtype=dtype))
+
+    def project(self, x: torch.Tensor, offset: int):
+        """q [B,T,H,D], k and v [B,T,H_kv,D] with rotary positions offset..offset+T-1."""
+        batch, time, _ = x.shape
+        q = self.q_proj(x).view(batch, time, self.n_heads, self.head_dim)
+        k = self.k_proj(x).view(batch, time, self.n_kv_heads, self.head_dim)
+        v = self.v_proj(x).view(batch, time, self.n_kv_heads, self.head_dim)
+        if self.options.rope:
+            positions = torch.arange(offset, offset + time, device=x.device)
+            cos, sin = rope_cos_sin(positions, self.head_dim, self.cfg.rope_theta, x.dtype)
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        return q, k, v
+
+    def forward(self, x, state: KVCache | None = None, return_state: bool = False):
+        batch, time, _ = x.shape
+        offset = state.length if state is not None else 0
+        q, k, v = self.project(x, offset)
+        if state is not None:
+            state = state.append(k, v)
+            k, v = state.key, state.value
+        elif return_state:
+            state = KVCache(k, v)
+        if offset == 0:
+            mask, causal = None, True
+        else:  # query i sits at absolute position offset + i and sees keys 0..offset+i
+            q_pos = torch.arange(offset, offset + time, device=x.device)
+            mask, causal = torch.arange(k.shape[1], device=x.device)[None, :] <= q_pos[:, None], False
+        out = F.scaled_dot_product_attention(
+            q.transpose(1, 2),
+            k.transpose(1, 2),
+            v.transpose(1, 2),
+            attn_mask=mask,
+            is_causal=causal and time > 1,
+            enable_gqa=self.n_kv_heads != self.n_heads,
+        )
+        y = self.o_proj(out.transpose(1, 2).reshape(batch, time, self.n_heads * self.head_dim))
+        return y, (state if return_state else None)
+
+    def step(self, x_t, state: KVCache):
+        y, state = self.forward(x_t[:, None], state, return_state=True)
+        return y[:, 0], state
