@@ -1,7 +1,19 @@
-"""Comparison helpers for equivalence tests (forms of one op or layer computing the same function)."""
+"""Test helpers: comparison metrics and the mixer-contract checks every family's tests run.
+
+The five invariants of DESIGN §4.1, for a mixer built from a ModelConfig in float64:
+1. forward with kernel_backend="naive" == forward with the chunked backend ("torch");
+2. forward(x) == T calls of step() from init_state();
+3. forward(x[:, :t]) then forward(x[:, t:], state) == forward(x);
+4. gradients of (1) agree (inputs and all parameters);
+5. the state's size does not grow with T (bytes of the state after T and 4T tokens).
+"""
 from __future__ import annotations
 
+import dataclasses
+
 import torch
+
+from seqmodels.state import state_nbytes
 
 
 def rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
@@ -24,3 +36,131 @@ def rel_rms_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
     denom = e.pow(2).mean().sqrt().item()
     num = (a - e).pow(2).mean().sqrt().item()
     return num / denom if denom > 0 else num
+
+
+# --------------------------------------------------------------- mixer checks
+def build_mixer(cfg, layer_idx: int = 0, seed: int = 0, dtype=torch.float64, **cfg_overrides):
+    """The mixer of layer `layer_idx`, in `dtype`, with seeded random weights."""
+    from seqmodels.layers.registry import get_mixer
+
+    if cfg_overrides:
+        cfg = dataclasses.replace(cfg, **cfg_overrides)
+    torch.manual_seed(seed)
+    mixer = get_mixer(cfg.mixer_for_layer(layer_idx))(cfg, layer_idx)
+    hook = getattr(mixer, "init_weights", None)
+    if hook is not None:
+        hook()
+    return mixer.to(dtype)
+
+
+def _same_weights(mixer, cfg, **overrides):
+    twin = build_mixer(dataclasses.replace(cfg, **overrides), mixer.layer_idx, dtype=next(mixer.parameters()).dtype)
+    twin.load_state_dict(mixer.state_dict())
+    return twin
+
+
+def check_backends_agree(cfg, x: torch.Tensor, tol: float = 1e-10, layer_idx: int = 0, grads: bool = True):
+    """Invariants 1 and 4: naive backend == chunked backend, outputs and gradients."""
+    chunked = build_mixer(cfg, layer_idx, dtype=x.dtype, kernel_backend="torch")
+    naive = _same_weights(chunked, cfg, kernel_backend="naive")
+    xa, xb = x.clone().requires_grad_(grads), x.clone().requires_grad_(grads)
+    ya, _ = chunked(xa)
+    yb, _ = naive(xb)
+    assert_rel_close(ya, yb, tol, "chunked vs naive forward")
+    if not grads:
+        return
+    weight = torch.randn_like(ya)
+    (ya * weight).sum().backward()
+    (yb * weight).sum().backward()
+    assert_rel_close(xa.grad, xb.grad, tol, "input gradient, chunked vs naive")
+    for (name, pa), (_, pb) in zip(chunked.named_parameters(), naive.named_parameters()):
+        if pa.grad is None and pb.grad is None:
+            continue
+        assert pa.grad is not None and pb.grad is not None, f"gradient missing for {name}"
+        assert_rel_close(pa.grad, pb.grad, tol, f"gradient of {name}, chunked vs naive")
+
+
+def check_step_matches_forward(mixer, x: torch.Tensor, tol: float = 1e-10):
+    """Invariant 2: forward(x) == token-by-token step from init_state."""
+    with torch.no_grad():
+        full, _ = mixer(x)
+        state = mixer.init_state(x.shape[0], x.device, x.dtype)
+        outs = []
+        for t in range(x.shape[1]):
+            y_t, state = mixer.step(x[:, t], state)
+            outs.append(y_t)
+    assert_rel_close(torch.stack(outs, 1), full, tol, "step-by-step vs forward")
+    return state
+
+
+def check_prefill_continuation(mixer, x: torch.Tensor, split: int, tol: float = 1e-10):
+    """Invariant 3: forward on a prefix, then on the rest from its state == forward(x); the
+    state returned after the whole prefix equals the state after stepping through it."""
+    with torch.no_grad():
+        full, full_state = mixer(x, return_state=True)
+        first, state = mixer(x[:, :split], return_state=True)
+        second, state = mixer(x[:, split:], state=state, return_state=True)
+    assert_rel_close(torch.cat([first, second], 1), full, tol, "prefill + continuation vs forward")
+    return full_state, state
+
+
+def check_state_size_constant(mixer, make_input, time: int):
+    """Invariant 5: state bytes after `time` tokens == after 4 * `time` tokens."""
+    with torch.no_grad():
+        _, short = mixer(make_input(time), return_state=True)
+        _, long = mixer(make_input(4 * time), return_state=True)
+    short_bytes, long_bytes = state_nbytes(short), state_nbytes(long)
+    assert short_bytes == long_bytes, f"state grows with T: {short_bytes} bytes at T={time}, {long_bytes} at T={4 * time}"
+    return short_bytes
+
+
+def check_mixer_contract(cfg, batch: int = 2, time: int = 37, split: int = 19, tol: float = 1e-10,
+                         layer_idx: int = 0, grads: bool = True, constant_state: bool = True, seed: int = 0):
+    """All five invariants for the mixer of `layer_idx` (float64, random weights)."""
+    generator = torch.Generator().manual_seed(seed)
+
+    def make_input(t):
+        return torch.randn(batch, t, cfg.d_model, generator=generator, dtype=torch.float64)
+
+    x = make_input(time)
+    check_backends_agree(cfg, x, tol, layer_idx, grads)
+    mixer = build_mixer(cfg, layer_idx)
+    if mixer.causal:
+        check_step_matches_forward(mixer, x, tol)
+        check_prefill_continuation(mixer, x, split, tol)
+        if constant_state:
+            check_state_size_constant(mixer, make_input, time)
+    return mixer
+
+
+# -------------------------------------------------------------- model checks
+def train_toy_sequence(cfg, steps: int = 50, lr: float = 3e-3, period: int = 12, length: int = 48, seed: int = 0):
+    """Train a SeqLM on one repeating random token pattern; returns (first loss, last loss, model)."""
+    from seqmodels.model import SeqLM
+
+    torch.manual_seed(seed)
+    model = SeqLM(cfg)
+    pattern = torch.randint(0, cfg.vocab_size, (period,))
+    data = pattern.repeat(length // period + 2)[: length + 1][None].repeat(2, 1)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
+    losses = []
+    for _ in range(steps):
+        loss = model(data[:, :-1], labels=data[:, 1:]).loss
+        if not torch.isfinite(loss):
+            raise AssertionError(f"loss became {loss.item()} after {len(losses)} steps")
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    return losses[0], losses[-1], model
+
+
+def check_generate_matches_forward(model, prompt: torch.Tensor, new_tokens: int = 6):
+    """Greedy generate (prefill + recurrent steps) == argmax over repeated full forwards."""
+    model.eval()
+    with torch.no_grad():
+        generated = model.generate(prompt, max_new_tokens=new_tokens, temperature=0)
+        seq = prompt
+        for _ in range(new_tokens):
+            seq = torch.cat([seq, model(seq).logits[:, -1].argmax(-1, keepdim=True)], 1)
+    assert torch.equal(generated, seq), f"generate {generated.tolist()} != repeated forward {seq.tolist()}"

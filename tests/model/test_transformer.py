@@ -121,3 +121,15 @@ def test_classification_head_pools_non_pad_tokens():
     # a causal model's pooled features over the first 6 tokens do not depend on the padding
     alone = model(ids[1:, :6]).logits
     assert_rel_close(out.logits[1:], alone, TOL64, "pooled logits with padding")
+
+
+def test_attention_mixer_contract_and_toy_training():
+    """The shared contract checks (seqmodels.testing) on the baseline mixer; its state is a KV
+    cache, so the constant-state invariant does not apply."""
+    from seqmodels.testing import check_generate_matches_forward, check_mixer_contract, train_toy_sequence
+
+    cfg = ModelConfig.from_preset("transformer-tiny", vocab_size=37, n_kv_heads=2)
+    check_mixer_contract(cfg, constant_state=False)
+    first, last, model = train_toy_sequence(cfg, steps=50)
+    assert last < 0.2 * first, (first, last)
+    check_generate_matches_forward(model, torch.randint(0, 37, (2, 5)))
