@@ -281,10 +281,11 @@ class Trainer:
                 while micro < accum:
                     batch = _to_device(next(batches), engine.device)
                     loss = self.loss_fn(engine, batch)
-                    bad = all_reduce_max(0.0 if bool(torch.isfinite(loss.detach())) else 1.0)
-                    if bad:
+                    local_bad = not bool(torch.isfinite(loss.detach()))
+                    bad_rank = int(all_reduce_max(self.dist.rank + 1 if local_bad else 0)) - 1  # -1: none
+                    if bad_rank >= 0:
                         if self.skipped_batches >= s.nan_skip_batches:
-                            raise self._nonfinite(f"non-finite loss ({float(loss):.4g} on rank {self.dist.rank})", micro)
+                            raise self._nonfinite(f"non-finite loss on rank {bad_rank}", micro)
                         self.skipped_batches += 1
                         monitor.message(f"step {self.step + 1}: skipped a batch with a non-finite loss "
                                         f"({self.skipped_batches}/{s.nan_skip_batches})")
