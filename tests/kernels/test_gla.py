@@ -228,8 +228,3 @@ def test_triton_unavailable_falls_back(monkeypatch, caplog):
     assert torch.equal(o, o_ref)
     assert any("unavailable" in r.getMessage() for r in caplog.records)
 
-
-def test_fla_backend_needs_cuda():
-    x = make_inputs("channel", T=8)
-    with pytest.raises(ValueError, match="CUDA"):
-        gla(**x, backend="fla")
