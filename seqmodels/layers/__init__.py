@@ -5,5 +5,6 @@ from seqmodels.layers.base import Mixer
 from seqmodels.layers import attention  # noqa: F401  (registers "attention")
 from seqmodels.layers import retnet  # noqa: F401  (registers "retnet")
 from seqmodels.layers import gla  # noqa: F401  (registers "gla")
+from seqmodels.layers import lightning  # noqa: F401  (registers "lightning")
 
 __all__ = ["Mixer", "get_mixer", "mixer_names", "register_mixer"]
