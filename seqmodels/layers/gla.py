@@ -103,7 +103,8 @@ class GatedLinearAttention(Mixer):
 
     def forward(self, x, state: GLAState | None = None, return_state: bool = False):
         q, k, v, log_decay = self.project(x)
-        o, new_state = run_gla(self.cfg, q, k, v, log_decay, self.scale, state, return_state)
+        o, kv = run_gla(self.cfg, q, k, v, log_decay, self.scale, None if state is None else state.kv, return_state)
+        new_state = GLAState(kv, (0 if state is None else state.position) + x.shape[1]) if return_state else None
         return self.output(o, x), new_state
 
     def step(self, x_t, state: GLAState):

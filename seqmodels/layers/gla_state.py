@@ -2,8 +2,8 @@
 
 RetNet, Lightning, GLA and LightNet keep one matrix state per head, S [B, H, Dk, Dv], plus the
 number of tokens consumed (the rotary / LRPE offset of the next token). `run_gla` is the chunked
-(or naive, per `cfg.kernel_backend`) training form that continues from a state; `step_gla` is
-the one-token recurrent form. Both return the new state when asked.
+(or naive, per `cfg.kernel_backend`) training form that continues from a state S; `step_gla` is
+the one-token recurrent form on a GLAState.
 """
 from __future__ import annotations
 
@@ -32,21 +32,16 @@ def zero_gla_state(batch_size: int, heads: int, dk: int, dv: int, device, dtype)
     return GLAState(torch.zeros(batch_size, heads, dk, dv, device=device, dtype=state_dtype(dtype)), 0)
 
 
-def run_gla(cfg, q, k, v, log_decay_k, scale, state: Optional[GLAState], return_state: bool, reverse: bool = False):
-    """gla over [B, T, H, D] inputs from `state` (None = zeros) with the config's backend and chunk size.
+def run_gla(cfg, q, k, v, log_decay_k, scale, initial_kv: Optional[torch.Tensor], return_state: bool, reverse: bool = False):
+    """gla over [B, T, H, D] inputs from `initial_kv` (None = zeros) with the config's backend and chunk size.
 
-    Returns (o [B, T, H, Dv], GLAState after the T tokens | None unless return_state).
+    Returns (o [B, T, H, Dv], final S [B, H, Dk, Dv] | None unless return_state).
     """
-    o, final = gla(
-        q, k, v, log_decay_k=log_decay_k, scale=scale,
-        initial_state=None if state is None else state.kv,
+    return gla(
+        q, k, v, log_decay_k=log_decay_k, scale=scale, initial_state=initial_kv,
         output_final_state=return_state, reverse=reverse,
         chunk_size=cfg.chunk_size, backend=cfg.kernel_backend,
     )
-    if not return_state:
-        return o, None
-    position = (0 if state is None else state.position) + q.shape[1]
-    return o, GLAState(final, position)
 
 
 def step_gla(q_t, k_t, v_t, log_decay_k, scale, state: GLAState):

@@ -122,9 +122,11 @@ class LightningAttention(Mixer):
 
     def forward(self, x, state: GLAState | None = None, return_state: bool = False):
         batch, time, _ = x.shape
-        q, k, v = self.project(x, 0 if state is None else state.position)
+        offset = 0 if state is None else state.position
+        q, k, v = self.project(x, offset)
         log_decay = self.log_decay.to(x.dtype)[None, None, :].expand(batch, time, self.n_heads)
-        o, new_state = run_gla(self.cfg, q, k, v, log_decay, 1.0, state, return_state)
+        o, kv = run_gla(self.cfg, q, k, v, log_decay, 1.0, None if state is None else state.kv, return_state)
+        new_state = GLAState(kv, offset + time) if return_state else None
         return self.output(o, x), new_state
 
     def step(self, x_t, state: GLAState):
