@@ -7,5 +7,6 @@ from seqmodels.layers import retnet  # noqa: F401  (registers "retnet")
 from seqmodels.layers import gla  # noqa: F401  (registers "gla")
 from seqmodels.layers import lightning  # noqa: F401  (registers "lightning")
 from seqmodels.layers import lightnet  # noqa: F401  (registers "lightnet")
+from seqmodels.layers import vig  # noqa: F401  (registers "vig")
 
 __all__ = ["Mixer", "get_mixer", "mixer_names", "register_mixer"]
