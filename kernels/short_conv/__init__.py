@@ -11,6 +11,7 @@ from typing import Optional, Tuple
 
 import torch
 
+from .._conv_tail import last_inputs
 from .._validate import check_same_device_dtype, check_shape
 from .chunk import short_conv_conv1d
 from .naive import short_conv_naive
@@ -52,11 +53,7 @@ def short_conv(
     check_same_device_dtype({"x": x, "weight": weight, "bias": bias, "initial_state": initial_state})
     if backend == "naive":
         y = short_conv_naive(x, weight, bias, initial_state)
-        if not output_final_state:
-            return y, None
-        past = x.new_zeros(x.shape[0], K - 1, x.shape[2]) if initial_state is None else initial_state
-        full = torch.cat([past, x], dim=1)
-        return y, full[:, full.shape[1] - (K - 1):].clone()
+        return y, last_inputs(x, initial_state, K - 1) if output_final_state else None
     if backend not in ("torch", "auto"):
         raise ValueError(f"backend must be 'naive', 'torch' or 'auto', got {backend!r}")
     return short_conv_conv1d(x, weight, bias, initial_state, output_final_state)

@@ -12,6 +12,8 @@ from typing import Optional, Tuple
 import torch
 import torch.nn.functional as F
 
+from .._conv_tail import last_inputs, with_past
+
 
 def short_conv_conv1d(
     x: torch.Tensor,
@@ -23,8 +25,7 @@ def short_conv_conv1d(
     """x [B, T, D], weight [D, K] -> (y [B, T, D], final tail [B, K-1, D] or None)."""
     B, T, D = x.shape
     K = weight.shape[1]
-    past = x.new_zeros(B, K - 1, D) if initial_state is None else initial_state.to(x.dtype)
-    full = torch.cat([past, x], dim=1)  # [B, K-1+T, D]
+    full = with_past(x, initial_state, K - 1)  # [B, K-1+T, D]
     y = F.conv1d(full.transpose(1, 2), weight.flip(-1).unsqueeze(1), bias, groups=D).transpose(1, 2)
-    final = full[:, full.shape[1] - (K - 1):].clone() if output_final_state else None
+    final = last_inputs(x, initial_state, K - 1) if output_final_state else None
     return y, final

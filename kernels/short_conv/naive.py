@@ -10,6 +10,8 @@ from typing import Optional
 
 import torch
 
+from .._conv_tail import with_past
+
 
 def short_conv_naive(
     x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None, initial_state: Optional[torch.Tensor] = None
@@ -17,8 +19,7 @@ def short_conv_naive(
     """x [B, T, D], weight [D, K], bias [D] or None, initial_state [B, K-1, D] or None -> y [B, T, D]."""
     B, T, D = x.shape
     K = weight.shape[1]
-    past = x.new_zeros(B, K - 1, D) if initial_state is None else initial_state.to(x.dtype)
-    full = torch.cat([past, x], dim=1)  # position t of x sits at index t + K - 1
+    full = with_past(x, initial_state, K - 1)  # position t of x sits at index t + K - 1
     y = torch.zeros_like(x)
     for t in range(T):
         for i in range(K):
