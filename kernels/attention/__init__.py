@@ -11,7 +11,9 @@ Titans MAG/MAL arXiv 2501.00663 Eqs. 26-31); chunk-local (Mega-chunk, arXiv 2209
 prefix_k/prefix_v [B, P, Hkv, *] (or [P, Hkv, *], broadcast over batch): always-visible tokens
 (Titans persistent memory, Eq. 19). sink_logits [H, m]: value-less logits added to the softmax
 denominator (Lizard meta-memory). bias: additive, broadcastable to [B, H, T, S] (Mega's relative
-position bias). backend: "naive" (explicit softmax, the oracle) | "torch" / "auto" (SDPA).
+position bias). backend: "naive" (explicit softmax, the oracle) | "torch" (SDPA, full T x S mask) |
+"local" (SDPA over blocks, O(T·window) / O(T·chunk): causal self-attention without bias) | "auto"
+(local where it applies and T > 2 blocks, else torch).
 Decoding: attention_step with KVCache / WindowCache / ChunkCache (recurrent.py).
 """
 from __future__ import annotations
@@ -21,6 +23,8 @@ from typing import Optional, Union
 import torch
 
 from .._validate import check_positive_int, check_same_device_dtype, check_shape
+from .extras import Extras
+from .local import attention_local
 from .naive import attention_naive, visible_mask
 from .recurrent import ChunkCache, KVCache, WindowCache, attention_recurrent_step
 from .sdpa import attention_sdpa
@@ -100,6 +104,19 @@ def attention(
     if not isinstance(q_offset, int) or q_offset < 0:
         raise ValueError(f"q_offset must be a non-negative integer (default k_offset + S - T = {k_offset + S - T}), got {q_offset!r}")
     _check_bias(bias, (B, H, T, S))
+    if backend not in ("naive", "torch", "local", "auto"):
+        raise ValueError(f"backend must be 'naive', 'torch', 'local' or 'auto', got {backend!r}")
+    scale = D ** -0.5 if scale is None else float(scale)
+    extras = Extras(bias, prefix_k, prefix_v, sink_logits)
+    local_ok = causal and bool(window or chunk_size) and T == S and q_offset == k_offset and bias is None
+    if backend == "local" and not local_ok:
+        raise ValueError(
+            "backend='local' needs causal self-attention with a window or chunk_size, S == T, q_offset == k_offset "
+            f"and no bias (got causal={causal}, window={window}, chunk_size={chunk_size}, T={T}, S={S}, "
+            f"q_offset={q_offset}, k_offset={k_offset}, bias={'given' if bias is not None else None})"
+        )
+    if backend == "local" or (backend == "auto" and local_ok and T > 2 * (chunk_size or window)):
+        return attention_local(q, k, v, k_offset, window, chunk_size, scale, extras)  # every query sees itself
     allowed = visible_mask(T, S, q_offset, k_offset, causal, window, chunk_size, q.device)
     if prefix_k is None and sink_logits is None and T > 0 and not bool(allowed.any(dim=1).all()):
         first = int((~allowed.any(dim=1)).nonzero()[0])
@@ -107,12 +124,9 @@ def attention(
             f"query {first} (position {q_offset + first}) sees no key with keys at positions {k_offset}..{k_offset + S - 1}; "
             "check q_offset / k_offset (or give prefix tokens / sink logits)"
         )
-    scale = D ** -0.5 if scale is None else float(scale)
     if backend == "naive":
-        return attention_naive(q, k, v, allowed, scale, bias, prefix_k, prefix_v, sink_logits)
-    if backend not in ("torch", "auto"):
-        raise ValueError(f"backend must be 'naive', 'torch' or 'auto', got {backend!r}")
-    return attention_sdpa(q, k, v, allowed, scale, bias, prefix_k, prefix_v, sink_logits)
+        return attention_naive(q, k, v, allowed, scale, extras)
+    return attention_sdpa(q, k, v, allowed, scale, extras)
 
 
 def attention_step(
@@ -146,4 +160,4 @@ def attention_step(
     L = cache.k.shape[1] + (1 if isinstance(cache, KVCache) else 0)
     _check_bias(bias, (sizes["B"], sizes["H"], 1, L))
     scale = q_t.shape[-1] ** -0.5 if scale is None else float(scale)
-    return attention_recurrent_step(q_t, k_t, v_t, cache, scale, bias, prefix_k, prefix_v, sink_logits)
+    return attention_recurrent_step(q_t, k_t, v_t, cache, scale, Extras(bias, prefix_k, prefix_v, sink_logits))

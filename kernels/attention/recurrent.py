@@ -16,10 +16,11 @@ prefill continuation through `attention(..., k_offset=first, q_offset=seen)`.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import Tuple
 
 import torch
 
+from .extras import Extras
 from .sdpa import attention_sdpa
 
 
@@ -119,17 +120,14 @@ def attention_recurrent_step(
     v_t: torch.Tensor,
     cache,
     scale: float,
-    bias: Optional[torch.Tensor] = None,
-    prefix_k: Optional[torch.Tensor] = None,
-    prefix_v: Optional[torch.Tensor] = None,
-    sink_logits: Optional[torch.Tensor] = None,
+    extras: Extras = Extras(),
 ) -> torch.Tensor:
     """Append (k_t, v_t) [B, Hkv, D] to `cache` and attend q_t [B, H, D] over its valid entries -> [B, H, Dv].
 
-    bias: broadcastable to [B, H, 1, L] over the cache slots (L = cache.k.shape[1] after appending).
+    extras.bias: broadcastable to [B, H, 1, L] over the cache slots (L = cache.k.shape[1] after appending).
     """
     cache.append(k_t, v_t)
     valid = cache.positions() >= 0  # [L]
     return attention_sdpa(
-        q_t.unsqueeze(1), cache.k, cache.v, valid.unsqueeze(0), scale, bias, prefix_k, prefix_v, sink_logits
+        q_t.unsqueeze(1), cache.k, cache.v, valid.unsqueeze(0), scale, extras
     ).squeeze(1)

@@ -9,10 +9,10 @@ Memory: the mask is T x S, so this form is quadratic in T (sliding-window at lon
 """
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 import torch.nn.functional as F
+
+from .extras import Extras
 
 
 def attention_sdpa(
@@ -21,12 +21,10 @@ def attention_sdpa(
     v: torch.Tensor,
     allowed: torch.Tensor,
     scale: float,
-    bias: Optional[torch.Tensor] = None,
-    prefix_k: Optional[torch.Tensor] = None,
-    prefix_v: Optional[torch.Tensor] = None,
-    sink_logits: Optional[torch.Tensor] = None,
+    extras: Extras = Extras(),
 ) -> torch.Tensor:
     """Same arguments as naive.attention_naive; allowed may be [T,S] or broadcastable to [B,H,T,S]."""
+    bias, prefix_k, prefix_v, sink_logits = extras.bias, extras.prefix_k, extras.prefix_v, extras.sink_logits
     B, T, H, _ = q.shape
     qh, kh, vh = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B, heads, len, dim]
     mask = allowed

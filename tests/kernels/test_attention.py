@@ -63,6 +63,28 @@ def test_sdpa_equals_naive(mode, extras):
     assert_rel_close(out32, ref, TOL32, "float32")
 
 
+@pytest.mark.parametrize("mode", [dict(window=1), dict(window=3), dict(window=20), dict(chunk_size=4), dict(chunk_size=1), dict(window=2, chunk_size=5)])
+@pytest.mark.parametrize("offset", [0, 3])
+def test_local_blocks_equal_naive(mode, offset):
+    """The O(T·L) block form: T = 13 not a multiple of the block, chunk boundaries at absolute positions."""
+    q, k, v = _qkv(T=13)
+    kw = _extras()
+    leaves = [t.clone().requires_grad_() for t in (q, k, v, kw["prefix_k"], kw["prefix_v"], kw["sink_logits"])]
+    grads, outs = [], []
+    for backend in ("naive", "local"):
+        for t in leaves:
+            t.grad = None
+        o = attention(*leaves[:3], k_offset=offset, prefix_k=leaves[3], prefix_v=leaves[4], sink_logits=leaves[5], backend=backend, **mode)
+        (o * torch.linspace(-1, 1, o.numel(), dtype=o.dtype).view_as(o)).sum().backward()
+        outs.append(o.detach())
+        grads.append([t.grad.clone() for t in leaves])
+    assert_rel_close(outs[1], outs[0], TOL64, f"local {mode}")
+    for name, a, b in zip("q k v prefix_k prefix_v sinks".split(), grads[1], grads[0]):
+        assert_rel_close(a, b, TOL64, f"local grad {name}")
+    plain_local = attention(q, k, v, k_offset=offset, backend="local", **mode)
+    assert_rel_close(plain_local, attention(q, k, v, k_offset=offset, backend="naive", **mode), TOL64, "local, no extras")
+
+
 def test_sinks_enter_only_the_denominator():
     # with one key visible, o = v * e^s / (e^s + sum e^l)
     q, k, v = _qkv(B=1, T=1, H=1, Hkv=1)
@@ -209,6 +231,10 @@ def test_bad_inputs():
         attention(q, k.float(), v)
     with pytest.raises(ValueError, match="backend"):
         attention(q, k, v, backend="flash")
+    with pytest.raises(ValueError, match="backend='local' needs"):
+        attention(q, k, v, backend="local")  # no window / chunk
+    with pytest.raises(ValueError, match="backend='local' needs"):
+        attention(q[:, 2:], k, v, window=3, backend="local")  # S != T
     cache = WindowCache.from_prefill(k[:, :0], v[:, :0], 3)
     with pytest.raises(ValueError, match="k_t has shape"):
         attention_step(q[:, 0], k[:, 0, :, :4], v[:, 0], cache)
