@@ -15,14 +15,7 @@ import torch.nn.functional as F
 from .extras import Extras
 
 
-def attention_sdpa(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    allowed: torch.Tensor,
-    scale: float,
-    extras: Extras = Extras(),
-) -> torch.Tensor:
+def attention_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor, scale: float, extras: Extras = Extras()) -> torch.Tensor:
     """Same arguments as naive.attention_naive; allowed may be [T,S] or broadcastable to [B,H,T,S]."""
     bias, prefix_k, prefix_v, sink_logits = extras.bias, extras.prefix_k, extras.prefix_v, extras.sink_logits
     B, T, H, _ = q.shape
