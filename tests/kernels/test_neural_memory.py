@@ -183,3 +183,81 @@ def test_bad_inputs():
         neural_memory_step(q[:, 0], k[:, 0], v[:, 0], theta[:, 0], -log_eta[:, 0] + 0.1, log_retain[:, 0])
     with pytest.raises(ValueError, match="state.memory has shape"):
         neural_memory_step(q[:, 0], k[:, 0], v[:, 0], theta[:, 0], log_eta[:, 0], log_retain[:, 0], state=_state(H=2))
+
+
+# ---- 2-layer MLP memory (token loop + step; torch.func gradients vs autograd reference) ----
+
+from seqmodels.kernels.neural_memory import MLPMemoryState, mlp_memory, mlp_memory_step  # noqa: E402
+
+
+def _mlp_weights(B=2, H=3, Dk=5, Dh=4, Dv=3, dtype=torch.float64, seed=2):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(B, H, Dk, Dh, generator=g, dtype=dtype) * 0.5, torch.randn(B, H, Dh, Dv, generator=g, dtype=dtype) * 0.5)
+
+
+def test_mlp_b1_equals_closed_form_gradient():
+    """One token from zero momentum: u = ∇ℓ written out (ℓ = ||SiLU(k W1) W2 - v||²), then P = (1-α) P + S."""
+    q, k, v, theta, log_eta, log_retain = (x[:, 0] for x in _inputs(T=1))
+    W1, W2 = _mlp_weights()
+    z = torch.einsum("bhk,bhkd->bhd", k, W1)
+    hidden = torch.nn.functional.silu(z)
+    e = torch.einsum("bhd,bhdv->bhv", hidden, W2) - v
+    g2 = 2 * hidden.unsqueeze(-1) * e.unsqueeze(-2)
+    dsilu = torch.sigmoid(z) * (1 + z * (1 - torch.sigmoid(z)))
+    g1 = 2 * k.unsqueeze(-1) * (torch.einsum("bhv,bhdv->bhd", e, W2) * dsilu).unsqueeze(-2)
+    keep = log_retain.exp()[..., None, None]
+    new1, new2 = keep * W1 - theta[..., None, None] * g1, keep * W2 - theta[..., None, None] * g2
+    expected = torch.einsum("bhd,bhdv->bhv", torch.nn.functional.silu(torch.einsum("bhk,bhkd->bhd", q, new1)), new2)
+    y, state = mlp_memory_step(q, k, v, theta, log_eta, log_retain, (W1, W2), chunk_size=1)
+    assert_rel_close(y, expected, 1e-12, "MLP step vs closed form")
+    assert_rel_close(state.memory[0], new1, 1e-12)
+    assert_rel_close(state.momentum[1], -theta[..., None, None] * g2, 1e-12)
+
+
+@pytest.mark.parametrize("b", [1, 3])
+def test_mlp_step_loop_equals_autograd_reference(b):
+    inputs = _inputs(T=8)
+    weights = _mlp_weights()
+    y_ref, s_ref = mlp_memory(*inputs, initial_state=weights, chunk_size=b, output_final_state=True, backend="naive")
+    y, s = mlp_memory(*inputs, initial_state=weights, chunk_size=b, output_final_state=True)
+    assert_rel_close(y, y_ref, TOL64, "MLP torch.func vs autograd")
+    assert s.position == s_ref.position == 8 % b
+    for f in ("memory", "momentum", "chunk_start_memory"):
+        for a, r in zip(getattr(s, f), getattr(s_ref, f)):
+            assert_rel_close(a, r, TOL64, f"MLP state {f}")
+    # continuation mid mini-batch through the step
+    y1, s1 = mlp_memory(*(x[:, :4] for x in inputs), initial_state=weights, chunk_size=b, output_final_state=True)
+    ys = [y1]
+    for t in range(4, 8):
+        y_t, s1 = mlp_memory_step(*(x[:, t] for x in inputs), state=s1, chunk_size=b)
+        ys.append(y_t.unsqueeze(1))
+    assert_rel_close(torch.cat(ys, 1), y_ref, TOL64, "MLP continuation")
+
+
+def test_mlp_gradients_agree():
+    base = _inputs(T=5, B=1, H=2)
+    w = _mlp_weights(B=1, H=2)
+    grads = {}
+    for backend in ("naive", "torch"):
+        leaves = [t.clone().requires_grad_() for t in base + w]
+        y, st = mlp_memory(*leaves[:6], initial_state=tuple(leaves[6:]), chunk_size=2, output_final_state=True, backend=backend)
+        (y.sin().sum() + st.memory[0].square().sum()).backward()
+        grads[backend] = [t.grad for t in leaves]
+    for name, a, b in zip("q k v theta log_eta log_retain W1 W2".split(), grads["torch"], grads["naive"]):
+        assert_rel_close(a, b, TOL64, f"MLP grad {name}")
+
+
+def test_mlp_bad_inputs():
+    q, k, v, theta, log_eta, log_retain = _inputs()
+    W1, W2 = _mlp_weights()
+    with pytest.raises(ValueError, match=r"initial_state.memory\[1\] has shape"):
+        mlp_memory(q, k, v, theta, log_eta, log_retain, initial_state=(W1, W2[:, :, :3]))
+    with pytest.raises(ValueError, match="MLPMemoryState or the weights"):
+        mlp_memory(q, k, v, theta, log_eta, log_retain, initial_state=W1)
+    with pytest.raises(ValueError, match="2 weights"):
+        mlp_memory(q, k, v, theta, log_eta, log_retain, initial_state=(W1,))
+    with pytest.raises(ValueError, match="state.position"):
+        mlp_memory_step(q[:, 0], k[:, 0], v[:, 0], theta[:, 0], log_eta[:, 0], log_retain[:, 0],
+                        state=MLPMemoryState((W1, W2), (W1, W2), (W1, W2), 5), chunk_size=2)
+    with pytest.raises(ValueError, match="theta_t must be >= 0"):
+        mlp_memory_step(q[:, 0], k[:, 0], v[:, 0], -theta[:, 0] - 1, log_eta[:, 0], log_retain[:, 0], state=(W1, W2))
