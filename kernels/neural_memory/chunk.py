@@ -30,40 +30,57 @@ def segment_sum(x: torch.Tensor) -> torch.Tensor:
     return sums.masked_fill(~torch.ones_like(strictly_lower).tril(), float("-inf"))
 
 
+def _span_coefficients(Q, K, lr, log_eta, log_retain):
+    """State-independent terms of mini-batches stacked as [B, H, nc, n, *] (gates [B, H, nc, n])."""
+    DA = torch.exp(segment_sum(log_eta))  # [..., n, n]
+    DB = torch.exp(segment_sum(log_retain))
+    a = torch.exp(log_eta.cumsum(-1))  # [..., n]
+    c = torch.exp(log_retain.cumsum(-1))
+    f = (DB @ a.unsqueeze(-1)).squeeze(-1)
+    W = DB @ DA
+    scores = (Q @ K.transpose(-1, -2)) * W * lr.unsqueeze(-2)  # (q_r·k_s) W[r,s] θ_s
+    KS = K * (DA[..., -1, :] * lr).unsqueeze(-1)  # rows θ_s DA[n-1, s] k_s
+    KM = K * (W[..., -1, :] * lr).unsqueeze(-1)  # rows θ_s W[n-1, s] k_s
+    last = lambda x: x[..., -1, None, None]  # noqa: E731
+    return c.unsqueeze(-1), f.unsqueeze(-1), scores, KS.transpose(-1, -2), KM.transpose(-1, -2), last(a), last(c), last(f)
+
+
 def neural_memory_chunk(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, theta: torch.Tensor, log_eta: torch.Tensor,
     log_retain: torch.Tensor, chunk_size: int, state: NeuralMemoryState,
 ) -> Tuple[torch.Tensor, NeuralMemoryState]:
-    """q, k [B, T, H, Dk], v [B, T, H, Dv], gates [B, T, H] -> (y [B, T, H, Dv], state after T tokens)."""
+    """q, k [B, T, H, Dk], v [B, T, H, Dv], gates [B, T, H] -> (y [B, T, H, Dv], state after T tokens).
+
+    The terms that do not depend on the memory are computed for all full mini-batches at once; the
+    loop over mini-batches only does the matmuls with M', M and S."""
     work = state.memory.dtype
-    T = q.shape[1]
-    # [B, H, T, *] in the work dtype
-    qh, kh, vh = (t.transpose(1, 2).to(work) for t in (q, k, v))
-    th, eta, ret = (t.transpose(1, 2).to(work) for t in (theta, log_eta, log_retain))
+    T, b = q.shape[1], chunk_size
+    per_token = [t.transpose(1, 2).to(work) for t in (q, k, v, theta, log_eta, log_retain)]  # [B, H, T, *]
+    spans, start, pos = [], 0, state.position
+    while start < T:  # mini-batch pieces of the sequence; only the first and the last may be partial
+        spans.append((start, min(T, start + b - pos)))
+        start, pos = spans[-1][1], 0
+    full = [sp for sp in spans if sp[1] - sp[0] == b]
+    pieces, batched = [], {}  # per span: (Q, K, V, coefficients...)
+    if full:
+        lo, nf = full[0][0], len(full)
+        grouped = [t[:, :, lo : lo + nf * b].unflatten(2, (nf, b)) for t in per_token]
+        batch = (*grouped[:3], *_span_coefficients(grouped[0], grouped[1], *grouped[3:]))
+        batched = {sp: tuple(x[:, :, i] for x in batch) for i, sp in enumerate(full)}
+    for sp in spans:
+        if sp in batched:
+            pieces.append(batched[sp])
+        else:
+            one = [t[:, :, sp[0] : sp[1]] for t in per_token]
+            pieces.append((*one[:3], *_span_coefficients(one[0], one[1], *one[3:])))
     M, S, M_start, pos = state.memory, state.momentum, state.chunk_start_memory, state.position
     ys = []
-    start = 0
-    while start < T:
+    for (start, stop), (Q, K, V, c, f, scores, KSt, KMt, a_last, c_last, f_last) in zip(spans, pieces):
         if pos == 0:
             M_start = M
-        stop = min(T, start + chunk_size - pos)
-        sl = slice(start, stop)
-        Q, K, V, lr = qh[:, :, sl], kh[:, :, sl], vh[:, :, sl], th[:, :, sl]
-        E = K @ M_start - V  # [B, H, n, Dv]
-        DA = torch.exp(segment_sum(eta[:, :, sl]))  # [B, H, n, n]
-        DB = torch.exp(segment_sum(ret[:, :, sl]))
-        a = torch.exp(eta[:, :, sl].cumsum(-1))  # [B, H, n]
-        c = torch.exp(ret[:, :, sl].cumsum(-1))
-        f = (DB @ a.unsqueeze(-1)).squeeze(-1)
-        W = DB @ DA
-        scores = (Q @ K.transpose(-1, -2)) * W * lr.unsqueeze(-2)  # [B, H, n, n]: (q_r·k_s) W[r,s] θ_s
-        ys.append(c.unsqueeze(-1) * (Q @ M) + f.unsqueeze(-1) * (Q @ S) - 2 * scores @ E)
-        KS = K * (DA[..., -1, :] * lr).unsqueeze(-1)  # rows θ_s DA[n-1, s] k_s
-        KM = K * (W[..., -1, :] * lr).unsqueeze(-1)  # rows θ_s W[n-1, s] k_s
-        S_next = a[..., -1, None, None] * S - 2 * KS.transpose(-1, -2) @ E
-        M = c[..., -1, None, None] * M + f[..., -1, None, None] * S - 2 * KM.transpose(-1, -2) @ E
-        S = S_next
-        pos = (pos + stop - start) % chunk_size
-        start = stop
+        E = K @ M_start - V  # [B, H, n, Dv]: u_s = 2 k_sᵀ e_s
+        ys.append(c * (Q @ M) + f * (Q @ S) - 2 * scores @ E)
+        M, S = c_last * M + f_last * S - 2 * KMt @ E, a_last * S - 2 * KSt @ E
+        pos = (pos + stop - start) % b
     y = torch.cat(ys, 2).transpose(1, 2) if ys else v.new_zeros(v.shape, dtype=work)
     return y.to(v.dtype), NeuralMemoryState(M, S, M if pos == 0 else M_start, pos)
