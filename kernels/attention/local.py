@@ -33,7 +33,7 @@ def attention_local(
     pad = (lead, n * block - lead - T)
 
     def blocks(x):  # [B, T, heads, d] -> [B, n, block, heads, d] with zero padding
-        return F.pad(x, (0, 0, 0, 0) + pad).view(B, n, block, *x.shape[2:])
+        return F.pad(x, (0, 0, 0, 0) + pad).reshape(B, n, block, *x.shape[2:])
 
     qb, kb, vb = blocks(q), blocks(k), blocks(v)
     real = torch.zeros(n * block, dtype=torch.bool, device=q.device)

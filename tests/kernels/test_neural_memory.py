@@ -1,4 +1,5 @@
-"""neural_memory (Titans matrix memory): chunked == sequential (autograd) == step-by-step, b = 1 == token rule.
+"""neural_memory (Titans matrix memory): chunked == sequential (autograd) == step-by-step, b = 1 == token rule;
+MLP memory: torch.func step == autograd sequential reference == closed-form gradient.
 
 fla comparison: fla.ops.titans.naive.chunk_titans_linear_ref has the same mini-batch semantics
 (gradients at the mini-batch-start weights, per-token momentum η and forgetting α, read after the
