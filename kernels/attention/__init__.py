@@ -18,7 +18,7 @@ Decoding: attention_step with KVCache / WindowCache / ChunkCache (recurrent.py).
 """
 from __future__ import annotations
 
-from typing import Optional, Union
+from typing import Optional, Tuple, Union
 
 import torch
 
@@ -139,9 +139,10 @@ def attention_step(
     sink_logits: Optional[torch.Tensor] = None,
     bias: Optional[torch.Tensor] = None,
     scale: Optional[float] = None,
-) -> torch.Tensor:
-    """One decoding step: append k_t [B, Hkv, D], v_t [B, Hkv, Dv] to `cache` (in place) and return
-    o_t [B, H, Dv] for q_t [B, H, D]. The cache type sets the mode (full / window / chunk-local).
+) -> Tuple[torch.Tensor, Union[KVCache, WindowCache, ChunkCache]]:
+    """One decoding step: append k_t [B, Hkv, D], v_t [B, Hkv, Dv] to `cache` and return (o_t [B, H, Dv],
+    cache) for q_t [B, H, D]; KVCache returns a new cache, the bounded caches are updated in place and
+    returned. The cache type sets the mode (full / window / chunk-local).
     bias: broadcastable to [B, H, 1, L] over the cache slots after appending (see cache.positions())."""
     if not isinstance(cache, (KVCache, WindowCache, ChunkCache)):
         raise ValueError(f"cache must be a KVCache, WindowCache or ChunkCache, got {type(cache).__name__}")
@@ -149,15 +150,15 @@ def attention_step(
     check_shape("q_t", q_t, ("B", "H", "D"), sizes)
     check_shape("k_t", k_t, ("B", "Hkv", "D"), sizes)
     check_shape("v_t", v_t, ("B", "Hkv", "Dv"), sizes)
-    check_shape("cache.k", cache.k, ("B", None, "Hkv", "D"), sizes)
-    check_shape("cache.v", cache.v, ("B", None, "Hkv", "Dv"), sizes)
+    check_shape("cache.key", cache.key, ("B", None, "Hkv", "D"), sizes)
+    check_shape("cache.value", cache.value, ("B", None, "Hkv", "Dv"), sizes)
     _check_gqa(sizes, "q_t", "k_t")
     prefix_k, prefix_v = _check_extras(prefix_k, prefix_v, sink_logits, sizes)
     check_same_device_dtype(
-        {"q_t": q_t, "k_t": k_t, "v_t": v_t, "cache.k": cache.k, "cache.v": cache.v, "prefix_k": prefix_k,
+        {"q_t": q_t, "k_t": k_t, "v_t": v_t, "cache.key": cache.key, "cache.value": cache.value, "prefix_k": prefix_k,
          "prefix_v": prefix_v, "sink_logits": sink_logits, "bias": bias}
     )
-    L = cache.k.shape[1] + (1 if isinstance(cache, KVCache) else 0)
+    L = cache.key.shape[1] + (1 if isinstance(cache, KVCache) else 0)
     _check_bias(bias, (sizes["B"], sizes["H"], 1, L))
     scale = q_t.shape[-1] ** -0.5 if scale is None else float(scale)
     return attention_recurrent_step(q_t, k_t, v_t, cache, scale, Extras(bias, prefix_k, prefix_v, sink_logits))
