@@ -17,7 +17,8 @@ import torch
 from .._validate import check_log_decay, check_positive_int, check_same_device_dtype, check_shape
 from .chunk import ema_chunk
 from .fft import ema_fft
-from .recurrent import ema_naive, ema_recurrent_step
+from .naive import ema_naive
+from .recurrent import ema_recurrent_step
 
 __all__ = ["ema", "ema_step"]
 
