@@ -27,7 +27,7 @@ from .extras import Extras
 from .local import attention_local
 from .naive import attention_naive, visible_mask
 from .recurrent import ChunkCache, KVCache, WindowCache, attention_recurrent_step
-from .sdpa import attention_sdpa
+from .sdpa import attention_sdpa, attention_sdpa_causal
 
 __all__ = ["attention", "attention_step", "KVCache", "WindowCache", "ChunkCache", "visible_mask"]
 
@@ -117,6 +117,9 @@ def attention(
         )
     if backend == "local" or (backend == "auto" and local_ok and T > 2 * (chunk_size or window)):
         return attention_local(q, k, v, k_offset, window, chunk_size, scale, extras)  # every query sees itself
+    plain_causal = causal and window is None and chunk_size is None and T == S and q_offset == k_offset
+    if backend != "naive" and plain_causal and extras.is_empty():
+        return attention_sdpa_causal(q, k, v, scale)
     allowed = visible_mask(T, S, q_offset, k_offset, causal, window, chunk_size, q.device)
     if prefix_k is None and sink_logits is None and T > 0 and not bool(allowed.any(dim=1).all()):
         first = int((~allowed.any(dim=1)).nonzero()[0])

@@ -19,5 +19,8 @@ class Extras:
     prefix_v: Optional[torch.Tensor] = None
     sink_logits: Optional[torch.Tensor] = None
 
+    def is_empty(self) -> bool:
+        return self.bias is None and self.prefix_k is None and self.sink_logits is None
+
     def with_bias(self, bias: Optional[torch.Tensor]) -> "Extras":
         return replace(self, bias=bias)

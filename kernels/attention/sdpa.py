@@ -43,3 +43,13 @@ def attention_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: t
         mask = torch.cat([mask.expand(*lead, mask.shape[-1]), sinks], dim=-1)
     out = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=mask, scale=scale, enable_gqa=kh.shape[1] != H)
     return out.transpose(1, 2)
+
+
+def attention_sdpa_causal(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+    """Plain causal self-attention (S == T, no extras): SDPA's is_causal, so GPUs take the
+    flash/memory-efficient kernels and no T x T mask is materialized."""
+    out = F.scaled_dot_product_attention(
+        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=q.shape[1] > 1, scale=scale,
+        enable_gqa=k.shape[2] != q.shape[2],
+    )
+    return out.transpose(1, 2)
