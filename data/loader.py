@@ -140,8 +140,10 @@ class PackedLoader:
         self.epoch, self.step = self.epoch + 1, 0
 
     def state_dict(self) -> dict:
+        """Position and settings; the end of an epoch is saved as the start of the next one."""
+        epoch, step = (self.epoch + 1, 0) if self.step >= self.steps_per_epoch else (self.epoch, self.step)
         return {
-            "epoch": self.epoch, "step": self.step, "seed": self.seed, "batch_size": self.batch_size,
+            "epoch": epoch, "step": step, "seed": self.seed, "batch_size": self.batch_size,
             "rank": self.rank, "world_size": self.world_size, "shuffle": self.shuffle, "drop_last": self.drop_last,
             "tokenizer_hash": self.dataset.index["tokenizer_hash"], "num_sequences": len(self.dataset),
         }
@@ -152,6 +154,6 @@ class PackedLoader:
         for key in ("seed", "batch_size", "rank", "world_size", "shuffle", "drop_last", "tokenizer_hash", "num_sequences"):
             if state.get(key) != mine[key]:
                 raise ValueError(f"loader state has {key}={state.get(key)!r} but this loader has {key}={mine[key]!r}; resume with the same settings and data")
-        if not 0 <= state["step"] <= self.steps_per_epoch:
-            raise ValueError(f"loader state step={state['step']} is outside [0, {self.steps_per_epoch}]")
+        if not 0 <= state["step"] < self.steps_per_epoch:
+            raise ValueError(f"loader state step={state['step']} is outside [0, {self.steps_per_epoch})")
         self.epoch, self.step = int(state["epoch"]), int(state["step"])

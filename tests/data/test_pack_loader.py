@@ -125,8 +125,10 @@ def test_resume_equals_uninterrupted(packed):
         state = json.loads(json.dumps(first.state_dict()))  # survives a JSON checkpoint
         resumed = PackedLoader(out, 3, seed=7)
         resumed.load_state_dict(state)
-        rest = batches_as_arrays(resumed)  # rest of epoch 0 (empty when saved at its very end)
-        rest += batches_as_arrays(resumed)  # epoch 1
+        assert (state["epoch"], state["step"]) == ((0, stop) if stop < per_epoch else (1, 0))
+        rest = batches_as_arrays(resumed)  # the rest of the epoch the state points into
+        if stop < per_epoch:
+            rest += batches_as_arrays(resumed)  # then epoch 1
         assert len(seen) + len(rest) == len(uninterrupted)
         for a, b in zip(seen + rest, uninterrupted):
             np.testing.assert_array_equal(a, b)
@@ -177,3 +179,13 @@ def test_loader_errors(packed):
     with pytest.raises(ValueError, match="loader state has seed=1 but this loader has seed=2"):
         PackedLoader(out, 2, seed=2).load_state_dict(state)
     assert read_index(out)["seq_len"] == SEQ_LEN
+
+
+def test_two_ranks_iterate_every_window_once_without_drop_last(packed):
+    out, _ = packed
+    ds = PackedDataset(out)
+    seen = []
+    for r in range(2):
+        for batch in PackedLoader(out, 3, seed=2, rank=r, world_size=2, drop_last=False):
+            seen += [tuple(row) for row in batch["input_ids"].tolist()]
+    assert sorted(seen) == sorted(tuple(ds[i][:-1].tolist()) for i in range(len(ds)))

@@ -1,0 +1,113 @@
+"""Gated linear attention layer — Yang et al. 2023, arXiv 2312.06635, §4.1-4.4 (DESIGN §5.4).
+
+Per head, with a data-dependent per-key-channel forget gate α_t ∈ (0, 1)^{Dk}:
+
+    S_t = diag(α_t) S_{t-1} + k_t v_tᵀ ,   o_t = S_tᵀ q_t · Dk^{-1/2}          (Eqs. 2-3)
+    α_t = σ(x_t W_α1 W_α2 + b_α)^{1/τ},  τ = 16, W_α1: d×16, W_α2: 16×Dk     (§4.4, low rank)
+
+so `log_decay_k = logsigmoid(x W_α1 W_α2 + b) / τ` ([B, T, H, Dk], always <= 0). Layer (§4.4):
+
+    y = W_O( RMSNorm_head(o) ⊙ swish(x W_r) )
+
+with q, k of width expand_k·d (default 0.5) and v, r of width expand_v·d (default 1), split
+over the heads (4 in the paper). The head RMSNorm weight [Dv] is shared by the heads. The
+decoding state is S per head (GLAState).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from seqmodels.layers.base import Mixer
+from seqmodels.layers.gla_state import GLAState, run_gla, step_gla, zero_gla_state
+from seqmodels.layers.registry import register_mixer
+from seqmodels.norm import RMSNorm
+
+
+@dataclass
+class GLAOptions:
+    expand_k: float = 0.5  # q/k width = expand_k * d_model
+    expand_v: float = 1.0  # v/output-gate width = expand_v * d_model
+    gate_rank: int = 16  # W_α1: d x 16
+    gate_normalizer: float = 16.0  # τ: log α = logsigmoid(.) / τ
+
+    def __post_init__(self) -> None:
+        for name in ("expand_k", "expand_v", "gate_normalizer"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"mixer_options.gla.{name} must be > 0, got {getattr(self, name)}")
+        if not isinstance(self.gate_rank, int) or self.gate_rank < 1:
+            raise ValueError(f"mixer_options.gla.gate_rank must be a positive integer, got {self.gate_rank!r}")
+
+
+def expanded_head_dims(cfg, options, family: str):
+    """(Dk, Dv) = (expand_k·d / H, expand_v·d / H); ValueError when not integral or when the config's
+    explicit head_dim_k / head_dim_v disagree."""
+    dims = []
+    for which, expand, explicit in (("k", options.expand_k, cfg.head_dim_k), ("v", options.expand_v, cfg.head_dim_v)):
+        width = expand * cfg.d_model
+        if width != int(width) or int(width) % cfg.n_heads or int(width) < cfg.n_heads:
+            raise ValueError(
+                f"{family}: expand_{which}={expand} gives width {width:g} for d_model={cfg.d_model}, which must be a "
+                f"positive integer multiple of n_heads={cfg.n_heads}"
+            )
+        head_dim = int(width) // cfg.n_heads
+        if explicit is not None and explicit != head_dim:
+            raise ValueError(
+                f"{family}: head_dim_{which}={explicit} does not match expand_{which}={expand} "
+                f"(d_model {cfg.d_model} / {cfg.n_heads} heads -> {head_dim}); leave head_dim_{which} unset"
+            )
+        dims.append(head_dim)
+    return tuple(dims)
+
+
+@register_mixer("gla")
+class GatedLinearAttention(Mixer):
+    Options = GLAOptions
+
+    def __init__(self, cfg, layer_idx: int):
+        super().__init__(cfg, layer_idx)
+        opts = self.options
+        self.n_heads = cfg.n_heads
+        self.dk, self.dv = expanded_head_dims(cfg, opts, "gla")
+        inner_k, inner_v = self.n_heads * self.dk, self.n_heads * self.dv
+        self.q_proj = nn.Linear(cfg.d_model, inner_k, bias=False)
+        self.k_proj = nn.Linear(cfg.d_model, inner_k, bias=False)
+        self.v_proj = nn.Linear(cfg.d_model, inner_v, bias=False)
+        self.g_proj = nn.Linear(cfg.d_model, inner_v, bias=False)  # W_r, the output gate
+        self.gate_down = nn.Linear(cfg.d_model, opts.gate_rank, bias=False)  # W_α1
+        self.gate_up = nn.Linear(opts.gate_rank, inner_k, bias=True)  # W_α2, b_α
+        self.head_norm = RMSNorm(self.dv, cfg.norm_eps)
+        self.o_proj = nn.Linear(inner_v, cfg.d_model, bias=False)
+        self.scale = self.dk ** -0.5
+
+    @staticmethod
+    def check_config(cfg, options) -> None:
+        expanded_head_dims(cfg, options, "gla")
+
+    def init_state(self, batch_size, device=None, dtype=None) -> GLAState:
+        return zero_gla_state(batch_size, self.n_heads, self.dk, self.dv, device, dtype or torch.float32)
+
+    def project(self, x: torch.Tensor):
+        """x [..., d] -> q, k, log_decay_k [..., H, Dk], v [..., H, Dv]."""
+        heads = lambda t, d: t.view(t.shape[:-1] + (self.n_heads, d))  # noqa: E731
+        log_decay = F.logsigmoid(self.gate_up(self.gate_down(x))) / self.options.gate_normalizer
+        return (heads(self.q_proj(x), self.dk), heads(self.k_proj(x), self.dk),
+                heads(self.v_proj(x), self.dv), heads(log_decay, self.dk))
+
+    def output(self, o: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """W_O(RMSNorm_head(o) ⊙ swish(x W_r)); o [..., H, Dv], x [..., d]."""
+        return self.o_proj(self.head_norm(o).flatten(-2) * F.silu(self.g_proj(x)))
+
+    def forward(self, x, state: GLAState | None = None, return_state: bool = False):
+        q, k, v, log_decay = self.project(x)
+        o, kv = run_gla(self.cfg, q, k, v, log_decay, self.scale, None if state is None else state.kv, return_state)
+        new_state = GLAState(kv, (0 if state is None else state.position) + x.shape[1]) if return_state else None
+        return self.output(o, x), new_state
+
+    def step(self, x_t, state: GLAState):
+        q, k, v, log_decay = self.project(x_t)
+        o_t, state = step_gla(q, k, v, log_decay, self.scale, state)
+        return self.output(o_t, x_t), state

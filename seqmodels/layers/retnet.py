@@ -1,0 +1,121 @@
+"""RetNet multi-scale retention — Sun et al. 2023, arXiv 2307.08621, Eqs. 5-8 (DESIGN §5.2).
+
+Per head h (0-based) with a fixed decay γ_h = 1 - 2^{-5-h} (§2.2, "multi-scale"):
+
+    S_t = γ_h S_{t-1} + k_t v_tᵀ ,   o_t = S_tᵀ q_t                       (Eq. 6, recurrent form)
+
+q_t, k_t carry the rotary phase e^{i n θ} of Eq. 5 (xPos-free: we use the rotate-half rotary of
+seqmodels/layers/rope.py) and k is scaled by Dk^{-1/2} (passed to `gla` as `scale`). Eq. 7's
+chunkwise form is the chunked `gla` with a constant per-head log-decay ln γ_h given as [B, T, H]
+(an expanded view, no copy). The multi-scale block (Eq. 8):
+
+    Y = GroupNorm_h(retention_h(X)) ,   MSR(X) = (swish(X W_G) ⊙ Y) W_O
+
+Decision (DESIGN §5.2): the kernel computes raw retention — no decay-mask row normalization and
+no score clamp. The per-head norm that follows makes the output invariant to the positive
+per-row scalars of §2.2's normalized forms, so torchscale's normalized retention and ours agree
+after the head norm (up to its eps). `head_norm`: "rmsnorm" (torchscale's per-head RMSNorm
+without affine, the default) or "groupnorm" (the paper's GroupNorm over heads, with affine).
+Paper shapes: head Dk 256, value dimension 2·d_model (`head_dim_v`), FFN 2·d_model.
+
+Decoding state: GLAState (S per head and the rotary position of the next token).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from seqmodels.layers.base import Mixer
+from seqmodels.layers.gla_state import GLAState, run_gla, step_gla, zero_gla_state
+from seqmodels.layers.registry import register_mixer
+from seqmodels.layers.rope import apply_rope, rope_cos_sin
+from seqmodels.norm import RMSNorm
+
+HEAD_NORMS = ("rmsnorm", "groupnorm")
+
+
+@dataclass
+class RetNetOptions:
+    head_norm: str = "rmsnorm"  # "rmsnorm" (torchscale, no affine) | "groupnorm" (paper Eq. 8)
+    rotary: bool = True  # Eq. 5's e^{inθ}
+
+    def __post_init__(self) -> None:
+        if self.head_norm not in HEAD_NORMS:
+            raise ValueError(f"mixer_options.retnet.head_norm={self.head_norm!r} is not one of {list(HEAD_NORMS)}")
+
+
+def retention_log_decay(n_heads: int, dtype=torch.float64, device=None) -> torch.Tensor:
+    """ln γ_h = ln(1 - 2^{-5-h}) for h = 0..n_heads-1 (arXiv 2307.08621 §2.2), shape [H]."""
+    h = torch.arange(n_heads, dtype=torch.float64, device=device)
+    return torch.log1p(-torch.exp2(-5.0 - h)).to(dtype)
+
+
+@register_mixer("retnet")
+class MultiScaleRetention(Mixer):
+    Options = RetNetOptions
+
+    def __init__(self, cfg, layer_idx: int):
+        super().__init__(cfg, layer_idx)
+        self.n_heads, self.dk, self.dv = cfg.n_heads, cfg.dk, cfg.dv
+        inner_k, inner_v = self.n_heads * self.dk, self.n_heads * self.dv
+        self.q_proj = nn.Linear(cfg.d_model, inner_k, bias=False)
+        self.k_proj = nn.Linear(cfg.d_model, inner_k, bias=False)
+        self.v_proj = nn.Linear(cfg.d_model, inner_v, bias=False)
+        self.g_proj = nn.Linear(cfg.d_model, inner_v, bias=False)  # W_G
+        self.o_proj = nn.Linear(inner_v, cfg.d_model, bias=False)  # W_O
+        if self.options.head_norm == "groupnorm":
+            self.head_norm = nn.GroupNorm(self.n_heads, inner_v, eps=cfg.norm_eps)
+        else:
+            self.head_norm = RMSNorm(self.dv, cfg.norm_eps, elementwise_affine=False)
+        self.scale = self.dk ** -0.5  # k / sqrt(Dk)
+
+    @staticmethod
+    def check_config(cfg, options) -> None:
+        if options.rotary and cfg.dk % 2:
+            raise ValueError(f"retnet: rotary (Eq. 5) needs an even head_dim_k, got {cfg.dk}")
+
+    def init_state(self, batch_size, device=None, dtype=None) -> GLAState:
+        return zero_gla_state(batch_size, self.n_heads, self.dk, self.dv, device, dtype or torch.float32)
+
+    def log_decay(self, x: torch.Tensor) -> torch.Tensor:
+        """[H] constant ln γ_h in x's dtype (callers expand it: no copy per token)."""
+        return retention_log_decay(self.n_heads, x.dtype, x.device)
+
+    def project(self, x: torch.Tensor, offset: int):
+        """x [B, T, d] -> q, k [B, T, H, Dk] (rotary at positions offset..offset+T-1), v [B, T, H, Dv]."""
+        batch, time, _ = x.shape
+        q = self.q_proj(x).view(batch, time, self.n_heads, self.dk)
+        k = self.k_proj(x).view(batch, time, self.n_heads, self.dk)
+        v = self.v_proj(x).view(batch, time, self.n_heads, self.dv)
+        if self.options.rotary:
+            positions = torch.arange(offset, offset + time, device=x.device)
+            cos, sin = rope_cos_sin(positions, self.dk, self.cfg.rope_theta, x.dtype)
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        return q, k, v
+
+    def output(self, o: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Eq. 8 after retention: per-head norm, swish(x W_G) gate, W_O. o [..., H, Dv], x [..., d]."""
+        if isinstance(self.head_norm, nn.GroupNorm):
+            flat = o.reshape(-1, self.n_heads * self.dv)
+            normed = self.head_norm(flat).view(o.shape[:-2] + (-1,))
+        else:
+            normed = self.head_norm(o).flatten(-2)
+        return self.o_proj(F.silu(self.g_proj(x)) * normed)
+
+    def forward(self, x, state: GLAState | None = None, return_state: bool = False):
+        batch, time, _ = x.shape
+        offset = 0 if state is None else state.position
+        q, k, v = self.project(x, offset)
+        log_decay = self.log_decay(x)[None, None, :].expand(batch, time, self.n_heads)
+        o, kv = run_gla(self.cfg, q, k, v, log_decay, self.scale, None if state is None else state.kv, return_state)
+        new_state = GLAState(kv, offset + time) if return_state else None
+        return self.output(o, x), new_state
+
+    def step(self, x_t, state: GLAState):
+        q, k, v = self.project(x_t[:, None], state.position)
+        log_decay = self.log_decay(x_t)[None, :].expand(x_t.shape[0], self.n_heads)
+        o_t, state = step_gla(q[:, 0], k[:, 0], v[:, 0], log_decay, self.scale, state)
+        return self.output(o_t, x_t), state

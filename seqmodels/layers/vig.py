@@ -1,0 +1,129 @@
+"""ViG: bidirectional gated linear attention for images — Liao et al. 2024, arXiv 2405.18425
+(§3.2-3.3: BiGLA with direction-wise gating, 2D gating locality injection; DESIGN §5.4).
+
+Tokens are the cells of an H×W grid in row-major order (`grid: [H, W]`, or a square grid
+inferred from T). Per layer:
+
+    L   = DWConv3×3(x on the H×W grid)  (+ SiLU if `conv_silu`)          (locality injection)
+    q, k, v = L W_q, L W_k, L W_v        shared by both directions
+    log α^→, log α^← = split(logsigmoid(L W_α1 W_α2 + b) / 16)          (direction-wise gates, 2·Dk)
+    o^→ = GLA scan t = 1..T with α^→,   o^← = GLA scan t = T..1 with α^←   (`gla`, reverse=True)
+    o   = ½ (o^→ + o^←)                   (the diagonal k_t v_tᵀ counted in both)
+    g   = σ(L W_g + b)
+    y   = W_o[ RMSNorm_head(o) ⊙ g + RMSNorm_head(L) ⊙ (1 - g) ]             (gated local/global)
+
+Width of q, k: expand_k·d (0.5); v has width d (expand_v must be 1: L and o share the gate).
+Bidirectional: `causal = False`, no step, no decoding state; use it with `head: classify`.
+Deviation from the released code: its DWConv SiLU defaults differ by config (the ViG-T/S/B
+configs turn it off); we default `conv_silu: false`. Rotary/2D-RoPE variants are not included.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from seqmodels.layers.base import Mixer
+from seqmodels.layers.gla import expanded_head_dims
+from seqmodels.layers.gla_state import run_gla
+from seqmodels.layers.registry import register_mixer
+from seqmodels.norm import RMSNorm
+
+
+@dataclass
+class ViGOptions:
+    grid: Optional[list] = None  # [H, W] of the token grid; None: square, H = W = sqrt(T)
+    expand_k: float = 0.5
+    expand_v: float = 1.0  # must be 1: RMSNorm(L) and RMSNorm(o) are mixed channel by channel
+    gate_rank: int = 16
+    gate_normalizer: float = 16.0
+    conv_silu: bool = False
+    conv_bias: bool = False
+
+    def __post_init__(self) -> None:
+        if self.grid is not None:
+            if (not isinstance(self.grid, (list, tuple)) or len(self.grid) != 2
+                    or not all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in self.grid)):
+                raise ValueError(f"mixer_options.vig.grid must be [H, W] with positive integers, got {self.grid!r}")
+            self.grid = list(self.grid)
+        if self.expand_v != 1:
+            raise ValueError(f"mixer_options.vig.expand_v must be 1 (o and the local branch L share channels), got {self.expand_v}")
+        if self.expand_k <= 0 or self.gate_normalizer <= 0:
+            raise ValueError(f"mixer_options.vig: expand_k and gate_normalizer must be > 0, got {self.expand_k}, {self.gate_normalizer}")
+        if not isinstance(self.gate_rank, int) or self.gate_rank < 1:
+            raise ValueError(f"mixer_options.vig.gate_rank must be a positive integer, got {self.gate_rank!r}")
+
+
+@register_mixer("vig")
+class BidirectionalGLA(Mixer):
+    causal = False
+    Options = ViGOptions
+
+    def __init__(self, cfg, layer_idx: int):
+        super().__init__(cfg, layer_idx)
+        opts = self.options
+        self.n_heads = cfg.n_heads
+        self.dk, self.dv = expanded_head_dims(cfg, opts, "vig")
+        inner_k, inner_v = self.n_heads * self.dk, self.n_heads * self.dv
+        d = cfg.d_model
+        self.local_conv = nn.Conv2d(d, d, kernel_size=3, padding=1, groups=d, bias=opts.conv_bias)
+        self.q_proj = nn.Linear(d, inner_k, bias=False)
+        self.k_proj = nn.Linear(d, inner_k, bias=False)
+        self.v_proj = nn.Linear(d, inner_v, bias=False)
+        self.gate_down = nn.Linear(d, opts.gate_rank, bias=False)  # W_α1
+        self.gate_up = nn.Linear(opts.gate_rank, 2 * inner_k, bias=True)  # W_α2, b: both directions
+        self.g_proj = nn.Linear(d, inner_v, bias=True)  # W_g, b
+        self.o_norm = RMSNorm(self.dv, cfg.norm_eps)
+        self.l_norm = RMSNorm(self.dv, cfg.norm_eps)
+        self.o_proj = nn.Linear(inner_v, d, bias=False)
+        self.scale = self.dk ** -0.5
+
+    @staticmethod
+    def check_config(cfg, options) -> None:
+        expanded_head_dims(cfg, options, "vig")
+
+    def grid_shape(self, time: int) -> tuple[int, int]:
+        if self.options.grid is not None:
+            rows, cols = self.options.grid
+            if rows * cols != time:
+                raise ValueError(f"vig: the input has T={time} tokens but grid {self.options.grid} holds {rows * cols}")
+            return rows, cols
+        side = math.isqrt(time)
+        if side * side != time:
+            raise ValueError(f"vig: T={time} tokens is not a square grid; set mixer_options.vig.grid: [H, W]")
+        return side, side
+
+    def locality(self, x: torch.Tensor) -> torch.Tensor:
+        """L = DWConv3×3 over the row-major H×W grid: [B, T, d] -> [B, T, d]."""
+        batch, time, d = x.shape
+        rows, cols = self.grid_shape(time)
+        image = x.transpose(1, 2).reshape(batch, d, rows, cols)
+        local = self.local_conv(image).flatten(2).transpose(1, 2)
+        return F.silu(local) if self.options.conv_silu else local
+
+    def project(self, local: torch.Tensor):
+        """L [B, T, d] -> q, k [B, T, H, Dk], v [B, T, H, Dv], forward and backward log-gates [B, T, H, Dk]."""
+        heads = lambda t, dim: t.view(t.shape[:-1] + (self.n_heads, dim))  # noqa: E731
+        gates = F.logsigmoid(self.gate_up(self.gate_down(local))) / self.options.gate_normalizer
+        forward_gate, backward_gate = gates.chunk(2, dim=-1)
+        return (heads(self.q_proj(local), self.dk), heads(self.k_proj(local), self.dk), heads(self.v_proj(local), self.dv),
+                heads(forward_gate, self.dk), heads(backward_gate, self.dk))
+
+    def output(self, o: torch.Tensor, local: torch.Tensor) -> torch.Tensor:
+        """W_o[RMSNorm(o) ⊙ g + RMSNorm(L) ⊙ (1 - g)], g = σ(L W_g + b); o [B, T, H, Dv], L [B, T, d]."""
+        g = torch.sigmoid(self.g_proj(local))
+        mixed = self.o_norm(o).flatten(-2) * g + self.l_norm(local.reshape(o.shape)).flatten(-2) * (1 - g)
+        return self.o_proj(mixed)
+
+    def forward(self, x, state=None, return_state: bool = False):
+        if state is not None or return_state:
+            raise ValueError("vig is bidirectional: it has no recurrent state (use head: classify)")
+        local = self.locality(x)
+        q, k, v, forward_gate, backward_gate = self.project(local)
+        o_forward, _ = run_gla(self.cfg, q, k, v, forward_gate, self.scale, None, False)
+        o_backward, _ = run_gla(self.cfg, q, k, v, backward_gate, self.scale, None, False, reverse=True)
+        return self.output((o_forward + o_backward) / 2, local), None
