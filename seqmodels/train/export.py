@@ -75,16 +75,14 @@ def write_run_extras(path: Path, model_config: ModelConfig, tokenizer, run_confi
 
 def _checkpoint_state_dict(tag_dir: Path) -> dict:
     """float32 module weights of one DeepSpeed checkpoint tag (any ZeRO stage)."""
+    if any(tag_dir.glob("zero_pp_rank_*_mp_rank_00_model_states.pt")):  # ZeRO-3: weights are partitioned
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+        state = get_fp32_state_dict_from_zero_checkpoint(str(tag_dir.parent), tag=tag_dir.name)
+        return {k: v.float() for k, v in state.items()}
     model_file = tag_dir / "mp_rank_00_model_states.pt"
     if not model_file.is_file():
         raise ValueError(f"{tag_dir} is not a DeepSpeed checkpoint ({model_file.name} is missing)")
-    if any(tag_dir.glob("*optim_states.pt")) and any(tag_dir.glob("zero_pp_rank_*")):
-        stage3 = any(tag_dir.glob("zero_pp_rank_*_mp_rank_00_model_states.pt"))
-        if stage3:
-            from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-
-            state = get_fp32_state_dict_from_zero_checkpoint(str(tag_dir.parent), tag=tag_dir.name)
-            return {k: v.float() for k, v in state.items()}
     module = torch.load(model_file, map_location="cpu", weights_only=False)["module"]
     return {k: v.float() for k, v in module.items()}
 

@@ -68,3 +68,19 @@ def pretrain():
 def run_args(corpus_dir, data_cache):
     """run_args(out_dir, name=..., steps=..., **overrides) -> argv of a tiny pretrain run."""
     return lambda out_dir, **kwargs: tiny_run_args(corpus_dir, data_cache, out_dir, **kwargs)
+
+
+@pytest.fixture(scope="session")
+def base_run(pretrain, run_args, tmp_path_factory):
+    """One 8-step tiny run (checkpoints at 4 and 8): (run_dir, TrainResult, Trainer)."""
+    out = tmp_path_factory.mktemp("runs")
+    trainers = []
+    result = pretrain.main(run_args(out, name="base", steps=8),
+                           callbacks=[lambda trainer, step, loss: trainers.append(trainer)])
+    return out / "base", result, trainers[-1]
+
+
+@pytest.fixture(scope="session")
+def recipe():
+    """recipe(name) -> recipes/<name>.py as a module."""
+    return load_recipe

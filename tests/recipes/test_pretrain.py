@@ -11,22 +11,13 @@ from seqmodels.train.checkpoint import committed_tags, read_latest
 from seqmodels.train.export import load_for_inference
 from seqmodels.train.monitor import read_metrics
 
-STEPS = 8
+STEPS = 8  # the base run of conftest.base_run
 SCALARS = ["train/loss", "train/ppl", "train/lr", "train/grad_norm", "train/tokens_per_s", "train/mem_gb",
            "eval/loss", "eval/ppl"]
 
 
 def step_losses(run_dir) -> dict:
     return {r["step"]: r["loss"] for r in read_metrics(run_dir) if "loss" in r}
-
-
-@pytest.fixture(scope="module")
-def base_run(pretrain, run_args, tmp_path_factory):
-    out = tmp_path_factory.mktemp("runs")
-    trainers = []
-    result = pretrain.main(run_args(out, name="base", steps=STEPS),
-                           callbacks=[lambda trainer, step, loss: trainers.append(trainer)])
-    return out / "base", result, trainers[-1]
 
 
 def test_loss_decreases_and_every_step_is_logged(base_run):
