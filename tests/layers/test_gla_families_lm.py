@@ -25,3 +25,24 @@ def test_generate_matches_repeated_forward(preset, options):
     torch.manual_seed(0)
     cfg = ModelConfig.from_preset(preset, vocab_size=64, chunk_size=16, **({"mixer_options": options} if options else {}))
     check_generate_matches_forward(SeqLM(cfg).double(), torch.randint(0, 64, (2, 21)))
+
+
+@pytest.mark.parametrize("preset, options", [(p, {}) for p in PRESETS[::2]] + [("lightning-tiny", {"lightning": {"lrpe": True}}),
+                                             ("lightnet-tiny", {})])
+def test_hugging_face_round_trip_and_generate(preset, options, tmp_path):
+    """save_pretrained -> AutoModelForCausalLM gives identical logits (no state lost on meta-device
+    loading), and HF generate (our state as its cache) == our greedy generate."""
+    from transformers import AutoModelForCausalLM
+
+    from seqmodels import SeqModelsConfig, SeqModelsForCausalLM
+
+    torch.manual_seed(0)
+    cfg = ModelConfig.from_preset(preset, vocab_size=64, chunk_size=16, **({"mixer_options": options} if options else {}))
+    model = SeqModelsForCausalLM(SeqModelsConfig(cfg)).eval()
+    model.save_pretrained(tmp_path)
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    ids = torch.randint(0, 64, (2, 12))
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, loaded(ids).logits)
+    hf_tokens = loaded.generate(ids[:1], max_new_tokens=6, do_sample=False)
+    assert torch.equal(hf_tokens, loaded.model.generate(ids[:1], max_new_tokens=6, temperature=0))

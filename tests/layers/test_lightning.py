@@ -42,7 +42,7 @@ def test_matches_fla_naive_parallel_simple_gla():
     mixer = build_mixer(cfg, layer_idx=1)
     x = torch.randn(2, 37, cfg.d_model, dtype=torch.float64)
     q, k, v = mixer.project(x, 0)
-    g = mixer.log_decay[None, None, :].expand(2, 37, cfg.n_heads)
+    g = mixer.log_decay(x)[None, None, :].expand(2, 37, cfg.n_heads)
     expected, _ = fla_naive.naive_parallel_simple_gla(q, k, v, g, scale=1.0)
     y, _ = mixer(x)
     assert_rel_close(y, mixer.output(expected.double(), x), TOL32, "lightning vs fla naive_parallel_simple_gla (float32)")
