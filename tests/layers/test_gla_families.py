@@ -1,7 +1,8 @@
-"""Language models of the causal families built on `gla` (RetNet, Lightning, GLA, LightNet):
+"""Models of the families built on `gla`. Causal ones (RetNet, Lightning, GLA, LightNet):
 each tiny preset learns a repeating toy sequence in 50 steps (ln 64 ≈ 4.16 -> below 0.5: the
 gates and feature maps are not saturated at init), and greedy `generate` (chunked prefill, then
-recurrent steps) emits the same tokens as argmax over repeated full forwards (float64)."""
+recurrent steps) emits the same tokens as argmax over repeated full forwards (float64). All,
+ViG included: bf16 close to float64."""
 import math
 
 import pytest
@@ -46,3 +47,16 @@ def test_hugging_face_round_trip_and_generate(preset, options, tmp_path):
         assert torch.equal(model(ids).logits, loaded(ids).logits)
     hf_tokens = loaded.generate(ids[:1], max_new_tokens=6, do_sample=False)
     assert torch.equal(hf_tokens, loaded.model.generate(ids[:1], max_new_tokens=6, temperature=0))
+
+
+@pytest.mark.parametrize("preset", PRESETS + ["vig-tiny"])
+def test_bfloat16_forward_close_to_float64(preset):
+    """The whole model in bf16 (states and gates accumulate in float32): logits within 1e-2
+    relative RMS of the float64 model (DESIGN §8's bf16 tolerance)."""
+    from seqmodels.testing import rel_rms_err
+
+    torch.manual_seed(0)
+    model = SeqLM(ModelConfig.from_preset(preset, vocab_size=64, chunk_size=16)).double()
+    ids = torch.randint(0, 64, (2, 36))  # 36 = a 6x6 grid for vig
+    expected = model(ids).logits
+    assert rel_rms_err(model.to(torch.bfloat16)(ids).logits, expected) < 1e-2
