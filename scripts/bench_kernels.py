@@ -50,7 +50,7 @@ BACKENDS_BY_DEVICE = {
     # name: (function, can it run this shape?)
     "cpu": {
         "naive T×T": (run_naive_masked, naive_masked_fits),
-        "naive loop": (run_naive_loop, lambda *a: True),
+        "naive loop": (run_naive_loop, lambda T, *a: T <= a[-1].naive_max_T),
         "torch chunked": (run_torch_chunked, lambda *a: True),
     },
 }
@@ -61,17 +61,17 @@ def synchronize(device):
         torch.cuda.synchronize()
 
 
-def time_call(fn, device, repeats, backward):
-    """Median wall time (s) of fn() (and its backward) over `repeats` runs after one warm-up."""
+def time_call(fn, device, repeats, backward, warmup=True):
+    """Median wall time (s) of fn() (and its backward) over `repeats` runs, after one warm-up run if asked."""
     times = []
-    for i in range(repeats + 1):
+    for i in range(repeats + 1 - int(not warmup)):
         synchronize(device)
         start = time.perf_counter()
         out = fn()
         if backward:
             out.backward(torch.ones_like(out))
         synchronize(device)
-        if i:
+        if i or not warmup:
             times.append(time.perf_counter() - start)
     return statistics.median(times)
 
@@ -146,13 +146,15 @@ def main():
     parser.add_argument("--chunk-size", type=int, default=64)
     parser.add_argument("--sub-chunk", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--naive-max-T", type=int, default=4096, help="longest T timed with the token loop")
     parser.add_argument("--naive-repeats", type=int, default=1, help="timed runs of the (slow) naive forms")
     parser.add_argument("--naive-mem-gb", type=float, default=2.0, help="memory allowed to the masked T×T form")
     args = parser.parse_args()
     print(f"device: {describe_device(args.device)}")
     print(f"gla, B={args.B} H={args.H} Dk=Dv={args.D}, per-channel key decay, float32, "
           f"chunk {args.chunk_size} / sub-chunk {args.sub_chunk}, median of {args.repeats} runs "
-          f"({args.naive_repeats} for naive) after one warm-up; naive T×T only where it fits in {args.naive_mem_gb} GB")
+          f"after one warm-up (naive: {args.naive_repeats} run, no warm-up); naive T×T only where it fits in "
+          f"{args.naive_mem_gb} GB, naive loop up to T={args.naive_max_T}")
     rows = bench(args)
     names = list(BACKENDS_BY_DEVICE[args.device])
     print()
