@@ -3,6 +3,7 @@ from seqmodels.layers.registry import get_mixer, mixer_names, register_mixer
 from seqmodels.layers.base import Mixer
 
 from seqmodels.layers import attention  # noqa: F401  (registers "attention")
+from seqmodels.layers import chela  # noqa: F401  (registers "chela")
 from seqmodels.layers import mega  # noqa: F401  (registers "mega")
 
 __all__ = ["Mixer", "get_mixer", "mixer_names", "register_mixer"]
