@@ -71,6 +71,13 @@ class MegaState:
     attn: Union[ChunkCache, KVCache]  # k [B, L, 1, z_dim], v [B, L, 1, v_dim]; `.seen` = tokens consumed
 
 
+def _copy_cache(cache):
+    """A cache that appends without touching `cache` (ChunkCache writes its slots in place)."""
+    if isinstance(cache, ChunkCache):
+        return ChunkCache(cache.k.clone(), cache.v.clone(), cache.seen)
+    return KVCache(cache.k, cache.v)  # KVCache.append concatenates into new tensors
+
+
 def laplace(scores: torch.Tensor) -> torch.Tensor:
     """Mega's laplace attention function ½[1 + erf((s − μ)/(σ√2))], μ = √½, σ = √(1/4π)."""
     return 0.5 * (1.0 + torch.erf((scores - _LAPLACE_MU) / (_LAPLACE_SIGMA * math.sqrt(2.0))))
@@ -273,7 +280,7 @@ class Mega(Mixer):
         work = self._work_dtype(x_t.dtype)
         ema_y, h = ema_step(x_norm.to(work), *self._ema_params(work), state=state.ema)
         u, q, k, r, h_hat = self._gates(x_norm, ema_y)
-        cache = state.attn
-        cache.append(k[:, None], value[:, None])  # in place (decoding runs without autograd)
+        cache = _copy_cache(state.attn)  # the caller's state stays valid (e.g. to branch decoding)
+        cache.append(k[:, None], value[:, None])
         attn_out = self._step_attend(q, cache)
         return self._output(x_t, u, r, attn_out, h_hat), MegaState(h, cache)

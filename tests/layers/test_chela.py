@@ -133,6 +133,11 @@ def test_decode_keeps_bounded_tail():
     assert set(sizes.values()) == {expected}, sizes
 
 
+def test_float32_step_matches_forward():
+    layer = strong(build_mixer(chela_cfg(long_kernel=8), dtype=torch.float32))
+    check_step_matches_forward(layer, torch.randn(2, 23, 10), tol=1e-5)
+
+
 def test_errors():
     with pytest.raises(ValueError, match="short_kernel=9 exceeds 8"):
         chela_cfg(short_kernel=9)

@@ -117,6 +117,20 @@ def test_strong_parameters_decode_across_chunk_boundaries(attention):
     assert state.attn.k.shape[1] == 5  # c slots, whatever T
 
 
+@pytest.mark.parametrize("chunk", [None, 4])
+def test_step_leaves_input_state_untouched_and_float32(chunk):
+    """step returns a new state (the old one can be stepped again: branching decode); float32
+    forward == step within 1e-5 relative."""
+    layer = strong(build_mixer(mega_cfg(chunk)))
+    x = torch.randn(1, 9, 10, dtype=torch.float64)
+    with torch.no_grad():
+        _, state = layer(x[:, :6], return_state=True)
+        a, _ = layer.step(x[:, 6], state)
+        b, _ = layer.step(x[:, 6], state)
+    assert torch.equal(a, b) and state.attn.seen == 6
+    check_step_matches_forward(layer.float(), torch.randn(2, 21, 10), tol=1e-5)
+
+
 def test_fft_ema_equals_recurrent_ema_in_layer():
     """The layer's EMA sub-layer: FFT training form (auto backend) == naive token loop == the paper's recurrence."""
     from seqmodels.kernels.ema import ema
