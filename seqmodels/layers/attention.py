@@ -23,7 +23,8 @@ from seqmodels.state import KVCache
 
 @dataclass
 class AttentionOptions:
-    qkv_bias: bool = False  # Qwen2-style biases on q/k/v projections
+    qkv_bias: bool = False  # biases on q/k/v projections (Qwen2; Llama with attention_bias)
+    o_bias: bool = False  # bias on the output projection (Llama with attention_bias)
     rope: bool = True
 
 
@@ -40,7 +41,7 @@ class SoftmaxAttention(Mixer):
         self.q_proj = nn.Linear(cfg.d_model, self.n_heads * self.head_dim, bias=bias)
         self.k_proj = nn.Linear(cfg.d_model, self.n_kv_heads * self.head_dim, bias=bias)
         self.v_proj = nn.Linear(cfg.d_model, self.n_kv_heads * self.head_dim, bias=bias)
-        self.o_proj = nn.Linear(self.n_heads * self.head_dim, cfg.d_model, bias=False)
+        self.o_proj = nn.Linear(self.n_heads * self.head_dim, cfg.d_model, bias=self.options.o_bias)
 
     @staticmethod
     def check_config(cfg, options) -> None:
