@@ -156,3 +156,21 @@ def test_toy_training_and_generate():
     first, last, model = train_toy_sequence(cfg, steps=50, lr=1e-2)
     assert last < 0.05 * first, f"chela-tiny: loss {first:.3f} -> {last:.3f}"
     check_generate_matches_forward(model, torch.randint(0, 64, (2, 21)), new_tokens=14)
+
+
+def test_preset_and_hf_round_trip(tmp_path):
+    """chela-tiny validates (L_k = max_seq_len); save/load keeps the logits and HF's greedy generate
+    (state as the cache) equals SeqLM.generate."""
+    from seqmodels.hf import SeqModelsConfig, SeqModelsForCausalLM
+
+    cfg = ModelConfig.from_preset("chela-tiny", vocab_size=64, d_model=16, max_seq_len=32)
+    torch.manual_seed(0)
+    model = SeqModelsForCausalLM(SeqModelsConfig(cfg)).eval()
+    assert model.model.blocks[0].mixer.long_len == 32
+    model.save_pretrained(tmp_path)
+    loaded = SeqModelsForCausalLM.from_pretrained(tmp_path).eval()
+    ids = torch.randint(0, 64, (1, 20))
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, loaded(ids).logits)
+        assert torch.equal(loaded.generate(ids, max_new_tokens=20, do_sample=False),
+                           loaded.model.generate(ids, max_new_tokens=20, temperature=0))
