@@ -14,6 +14,7 @@ from seqmodels.testing import (
     build_mixer,
     check_generate_matches_forward,
     check_mixer_contract,
+    check_prefill_in_pieces,
     check_step_matches_forward,
     train_toy_sequence,
 )
@@ -136,6 +137,13 @@ def test_decode_keeps_bounded_tail():
 def test_float32_step_matches_forward():
     layer = strong(build_mixer(chela_cfg(long_kernel=8), dtype=torch.float32))
     check_step_matches_forward(layer, torch.randn(2, 23, 10), tol=1e-5)
+
+
+def test_prefill_in_uneven_pieces():
+    """Pieces of 1, 2, 5, 9, 3 tokens (shorter than the short-conv tail K-1 = 3 and than L_k = 8),
+    each continuing the previous state, then decoding steps == one forward."""
+    layer = strong(build_mixer(chela_cfg(long_kernel=8, short_kernel=4)))
+    check_prefill_in_pieces(layer, torch.randn(2, 24, 10, dtype=torch.float64), (1, 2, 5, 9, 3), TOL64)
 
 
 def test_errors():

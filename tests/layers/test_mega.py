@@ -13,6 +13,7 @@ from seqmodels.testing import (
     build_mixer,
     check_generate_matches_forward,
     check_mixer_contract,
+    check_prefill_in_pieces,
     check_step_matches_forward,
     train_toy_sequence,
 )
@@ -129,6 +130,14 @@ def test_step_leaves_input_state_untouched_and_float32(chunk):
         b, _ = layer.step(x[:, 6], state)
     assert torch.equal(a, b) and state.attn.seen == 6
     check_step_matches_forward(layer.float(), torch.randn(2, 21, 10), tol=1e-5)
+
+
+@pytest.mark.parametrize("chunk", [None, 6])
+def test_prefill_in_uneven_pieces(chunk):
+    """forward over pieces of 1, 2, 5, 9, 3 tokens (inside, across and on chunk boundaries), each
+    continuing the previous state, == one forward; then decoding continues from that state."""
+    layer = strong(build_mixer(mega_cfg(chunk, "laplace")))
+    check_prefill_in_pieces(layer, torch.randn(2, 24, 10, dtype=torch.float64), (1, 2, 5, 9, 3), TOL64)
 
 
 def test_fft_ema_equals_recurrent_ema_in_layer():
