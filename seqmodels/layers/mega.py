@@ -15,9 +15,12 @@ residual stream x [B, T, d] (`residual_in_mixer = True`: the Block adds nothing)
 Attention functions (Options.attention): "softmax" — f = softmax over the visible keys,
 τ = sqrt(z_dim); "laplace" — f(s) = ½[1 + erf((s − μ)/(σ√2))], μ = √½, σ = √(1/4π), applied
 element-wise with τ = the number of visible keys and no normalization (Mega's element attention).
-Relative position bias: Mega's "simple" bias, one learned scalar per offset i − j. Mega stores
-2L − 1 offsets for its bidirectional use; a causal layer only reads the L offsets 0..L−1, with
-L = c (Mega-chunk) or max_seq_len (full attention). Mega's alternative rotary bias is not built.
+Relative position bias b_rel (Options.rel_pos_bias), both of Mega's kinds: "simple" (default, as
+Mega's LM setups) — one learned scalar per offset i − j; Mega stores 2L − 1 offsets for its
+bidirectional use, a causal layer reads only the L offsets 0..L−1, with L = c (Mega-chunk) or
+max_seq_len (full attention). "rotary" — b(i, j) = Rot_i(a) · Rot_j(b) for learned a, b ∈ R^z
+rotated by sinusoidal angles (Mega's RotaryRelativePositionalBias); it depends on i − j only, so
+we evaluate Rot_{i−j}(a) · b, and it has no length limit.
 Mega-chunk (§3.5, Options.attention_chunk = c): attention only inside fixed chunks
 [mc, (m+1)c) of absolute positions; the EMA crosses chunks. Full attention otherwise.
 
@@ -51,6 +54,7 @@ from seqmodels.layers.registry import register_mixer
 from seqmodels.norm import build_norm
 
 ATTENTION_FUNCTIONS = ("softmax", "laplace")
+REL_POS_BIASES = ("simple", "rotary")
 _LAPLACE_MU = math.sqrt(0.5)
 _LAPLACE_SIGMA = math.sqrt(0.25 / math.pi)
 
@@ -62,6 +66,7 @@ class MegaOptions:
     v_dim: Optional[int] = None  # value / attention-output width; None = 2 * d_model
     attention: str = "softmax"  # "softmax" | "laplace" (§3.3)
     attention_chunk: Optional[int] = None  # Mega-chunk size c (§3.5); None = full causal attention
+    rel_pos_bias: str = "simple"  # "simple" (learned per offset) | "rotary" (Mega's rotary bias)
     nffn_hidden: Optional[int] = None  # normalized FFN hidden width; None = 2 * d_model; 0 = no NFFN
 
 
@@ -130,7 +135,11 @@ class Mega(Mixer):
         self.qk_scale = nn.Parameter(torch.empty(2, self.z_dim))  # κ_q, κ_k
         self.qk_offset = nn.Parameter(torch.empty(2, self.z_dim))  # μ_q, μ_k
         self.h_proj = nn.Linear(self.v_dim, d)
-        self.rel_pos_bias = nn.Parameter(torch.empty(self.max_offset))  # bias of offset i − j
+        if opts.rel_pos_bias == "simple":
+            self.rel_pos_bias = nn.Parameter(torch.empty(self.max_offset))  # bias of offset i − j
+        else:
+            self.rotary_a = nn.Parameter(torch.empty(self.z_dim))
+            self.rotary_b = nn.Parameter(torch.empty(self.z_dim))
         hidden = 2 * d if opts.nffn_hidden is None else opts.nffn_hidden
         self.nffn = NormalizedFFN(cfg, hidden) if hidden > 0 else None
         self.init_weights()
@@ -144,6 +153,11 @@ class Mega(Mixer):
         hidden = options.nffn_hidden
         if hidden is not None and (not isinstance(hidden, int) or isinstance(hidden, bool) or hidden < 0):
             raise ValueError(f"mixer_options.mega.nffn_hidden must be an integer >= 0 (or null), got {hidden!r}")
+        if options.rel_pos_bias not in REL_POS_BIASES:
+            raise ValueError(f"mixer_options.mega.rel_pos_bias={options.rel_pos_bias!r} is not one of {list(REL_POS_BIASES)}")
+        z_dim = options.z_dim or max(1, cfg.d_model // 2)
+        if options.rel_pos_bias == "rotary" and z_dim % 2:
+            raise ValueError(f"mixer_options.mega.rel_pos_bias='rotary' needs an even z_dim, got {z_dim}")
         if options.attention not in ATTENTION_FUNCTIONS:
             raise ValueError(f"mixer_options.mega.attention={options.attention!r} is not one of {list(ATTENTION_FUNCTIONS)}")
         if hidden != 0 and cfg.mlp != "none":
@@ -164,7 +178,9 @@ class Mega(Mixer):
             nn.init.normal_(self.ema_omega, 0.0, 1.0)
             nn.init.normal_(self.qk_scale, 0.0, 0.02)
             nn.init.zeros_(self.qk_offset)
-            nn.init.normal_(self.rel_pos_bias, 0.0, 0.02)
+            for name in ("rel_pos_bias", "rotary_a", "rotary_b"):
+                if hasattr(self, name):
+                    nn.init.normal_(getattr(self, name), 0.0, 0.02)
 
     # ------------------------------------------------------------ pieces
     def _work_dtype(self, dtype):
@@ -190,8 +206,20 @@ class Mega(Mixer):
         out = x + u * (mixed - x)
         return self.nffn(out) if self.nffn is not None else out
 
+    def _bias_by_offset(self, n: int, dtype) -> torch.Tensor:
+        """[n] relative-position biases of the offsets i − j = 0..n−1."""
+        if self.options.rel_pos_bias == "simple":
+            return self.rel_pos_bias[:n].to(dtype)
+        half = self.z_dim // 2
+        freq = torch.exp(torch.arange(half, device=self.rotary_a.device, dtype=dtype) * (-math.log(10000.0) / half))
+        angle = torch.arange(n, device=freq.device, dtype=dtype)[:, None] * freq  # [n, z/2]
+        cos, sin = angle.cos(), angle.sin()
+        a1, a2 = self.rotary_a.to(dtype).chunk(2)
+        rotated = torch.cat([a1 * cos - a2 * sin, a2 * cos + a1 * sin], dim=-1)  # Rot_offset(a)
+        return rotated @ self.rotary_b.to(dtype)
+
     def _check_positions(self, end: int) -> None:
-        if self.chunk is None and end > self.cfg.max_seq_len:
+        if self.chunk is None and self.options.rel_pos_bias == "simple" and end > self.cfg.max_seq_len:
             raise ValueError(
                 f"mega (full attention) got position {end - 1} but its relative-position bias covers offsets "
                 f"< max_seq_len={self.cfg.max_seq_len}; raise max_seq_len or set mixer_options.mega.attention_chunk"
@@ -202,7 +230,7 @@ class Mega(Mixer):
         T, S = q.shape[1], k.shape[1]
         pos_q = torch.arange(q_offset, q_offset + T, device=q.device)
         lag = pos_q[:, None] - torch.arange(S, device=q.device)[None, :]
-        bias = self.rel_pos_bias[lag.clamp(0, self.max_offset - 1)].to(q.dtype)  # [T, S]
+        bias = self._bias_by_offset(q_offset + T, q.dtype)[lag.clamp(0, q_offset + T - 1)]  # [T, S]
         if self.options.attention == "softmax":
             o = attention(q[:, :, None], k[:, :, None], v[:, :, None], causal=True, q_offset=q_offset, bias=bias,
                           scale=self.z_dim ** -0.5, backend=self.attn_backend)
@@ -216,7 +244,8 @@ class Mega(Mixer):
         positions = cache.positions()  # [L], -1 = empty slot
         valid = positions >= 0
         lag = (cache.seen - 1) - positions
-        bias = self.rel_pos_bias[lag.clamp(0, self.max_offset - 1)].to(q_t.dtype)
+        span = int(lag[valid].max()) + 1  # < c in Mega-chunk
+        bias = self._bias_by_offset(span, q_t.dtype)[lag.clamp(0, span - 1)]
         scores = torch.einsum("bz,blz->bl", q_t, cache.k[:, :, 0])
         if self.options.attention == "softmax":
             weights = torch.softmax((scores * self.z_dim ** -0.5 + bias).masked_fill(~valid, float("-inf")), dim=-1)

@@ -37,8 +37,18 @@ def strong(layer, seed=1):
         layer.ema_delta.mul_(6)  # p close to 0 or 1
         layer.ema_alpha.mul_(6)  # log q down to ~ -5 per step
         layer.qk_scale.mul_(3)
-        layer.rel_pos_bias.mul_(2)
+        for name in ("rel_pos_bias", "rotary_a", "rotary_b"):
+            if hasattr(layer, name):
+                getattr(layer, name).mul_(2)
     return layer
+
+
+def rotate(vec, position):
+    """Mega's sinusoidal rotation of a vector [z] at an absolute position."""
+    half = vec.shape[0] // 2
+    angle = position * torch.exp(torch.arange(half, dtype=vec.dtype) * (-math.log(10000.0) / half))
+    a1, a2 = vec[:half], vec[half:]
+    return torch.cat([a1 * angle.cos() - a2 * angle.sin(), a2 * angle.cos() + a1 * angle.sin()])
 
 
 def reference_mega(layer, x):
@@ -66,7 +76,10 @@ def reference_mega(layer, x):
     for i in range(x.shape[1]):
         start = (i // opts.attention_chunk) * opts.attention_chunk if opts.attention_chunk else 0
         js = list(range(start, i + 1))
-        bias = torch.stack([layer.rel_pos_bias[i - j] for j in js])
+        if opts.rel_pos_bias == "simple":
+            bias = torch.stack([layer.rel_pos_bias[i - j] for j in js])
+        else:  # Mega's form with absolute positions: Rot_i(a) · Rot_j(b)
+            bias = torch.stack([rotate(layer.rotary_a, i) @ rotate(layer.rotary_b, j) for j in js])
         scores = torch.einsum("bz,bjz->bj", q[:, i], k[:, js])
         if opts.attention == "softmax":
             weights = torch.softmax(scores / math.sqrt(z_dim) + bias, -1)
@@ -88,6 +101,12 @@ def test_mixer_contract(chunk, attention):
     check_mixer_contract(mega_cfg(chunk, attention), time=37, split=19, constant_state=chunk is not None)
 
 
+@pytest.mark.parametrize("chunk", [None, 8])
+def test_mixer_contract_rotary_bias(chunk):
+    check_mixer_contract(mega_cfg(chunk, "softmax", z_dim=6, rel_pos_bias="rotary"), time=37, split=19,
+                         constant_state=chunk is not None)
+
+
 def test_contract_split_on_chunk_boundary_odd_dims_config_mlp():
     """Odd widths, c=7 with the prefill split on a chunk boundary (14), NFFN off and the config's MLP on."""
     cfg = ModelConfig(vocab_size=31, d_model=9, n_layers=1, n_heads=1, mixer="mega", mlp="swiglu", max_seq_len=64,
@@ -98,8 +117,9 @@ def test_contract_split_on_chunk_boundary_odd_dims_config_mlp():
 
 @pytest.mark.parametrize("chunk", [None, 6])
 @pytest.mark.parametrize("attention", ["softmax", "laplace"])
-def test_layer_matches_quadratic_reference(chunk, attention):
-    cfg = mega_cfg(chunk, attention)
+@pytest.mark.parametrize("bias", ["simple", "rotary"])
+def test_layer_matches_quadratic_reference(chunk, attention, bias):
+    cfg = mega_cfg(chunk, attention, z_dim=6, rel_pos_bias=bias)
     layer = strong(build_mixer(cfg))
     x = torch.randn(2, 23, cfg.d_model, dtype=torch.float64)
     with torch.no_grad():
@@ -172,6 +192,10 @@ def test_errors():
         mega_cfg(attention="relu")
     with pytest.raises(ValueError, match="set mlp: none"):
         ModelConfig(mixer="mega", mlp="swiglu")
+    with pytest.raises(ValueError, match="rotary' needs an even z_dim, got 5"):
+        mega_cfg(rel_pos_bias="rotary")
+    with pytest.raises(ValueError, match="rel_pos_bias='t5' is not one of"):
+        mega_cfg(rel_pos_bias="t5")
     with pytest.raises(ValueError, match="attention_chunk must be a positive integer"):
         mega_cfg(0)
     layer = build_mixer(mega_cfg(None))
