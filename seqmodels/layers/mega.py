@@ -73,14 +73,19 @@ class MegaOptions:
 @dataclass
 class MegaState:
     ema: torch.Tensor  # [B, d_model, ema_dim], float32 (float64 for float64 models)
-    attn: Union[ChunkCache, KVCache]  # k [B, L, 1, z_dim], v [B, L, 1, v_dim]; `.seen` = tokens consumed
+    attn: Union[ChunkCache, KVCache]  # key [B, L, 1, z_dim], value [B, L, 1, v_dim]
+
+    @property
+    def seen(self) -> int:
+        """Tokens consumed so far."""
+        return self.attn.seen if isinstance(self.attn, ChunkCache) else self.attn.length
 
 
 def _copy_cache(cache):
     """A cache that appends without touching `cache` (ChunkCache writes its slots in place)."""
     if isinstance(cache, ChunkCache):
-        return ChunkCache(cache.k.clone(), cache.v.clone(), cache.seen)
-    return KVCache(cache.k, cache.v)  # KVCache.append concatenates into new tensors
+        return ChunkCache(cache.key.clone(), cache.value.clone(), cache.seen)
+    return cache  # KVCache.append returns a new cache
 
 
 def laplace(scores: torch.Tensor) -> torch.Tensor:
@@ -239,19 +244,19 @@ class Mega(Mixer):
         weights = laplace(q @ k.transpose(1, 2) / visible_keys + bias) * (lag >= 0)
         return weights @ v
 
-    def _step_attend(self, q_t, cache):
-        """q_t [B, z] over the cache's valid slots (the new key already appended) -> [B, v]."""
+    def _step_attend(self, q_t, cache, seen: int):
+        """q_t [B, z] at position seen - 1 over the cache's valid slots (its key already appended) -> [B, v]."""
         positions = cache.positions()  # [L], -1 = empty slot
         valid = positions >= 0
-        lag = (cache.seen - 1) - positions
+        lag = (seen - 1) - positions
         span = int(lag[valid].max()) + 1  # < c in Mega-chunk
         bias = self._bias_by_offset(span, q_t.dtype)[lag.clamp(0, span - 1)]
-        scores = torch.einsum("bz,blz->bl", q_t, cache.k[:, :, 0])
+        scores = torch.einsum("bz,blz->bl", q_t, cache.key[:, :, 0])
         if self.options.attention == "softmax":
             weights = torch.softmax((scores * self.z_dim ** -0.5 + bias).masked_fill(~valid, float("-inf")), dim=-1)
         else:
             weights = laplace(scores / valid.sum().to(q_t.dtype) + bias) * valid
-        return torch.einsum("bl,blv->bv", weights, cache.v[:, :, 0])
+        return torch.einsum("bl,blv->bv", weights, cache.value[:, :, 0])
 
     # ----------------------------------------------------------- contract
     def init_state(self, batch_size, device=None, dtype=None) -> MegaState:
@@ -264,7 +269,7 @@ class Mega(Mixer):
 
     def forward(self, x, state: Optional[MegaState] = None, return_state: bool = False):
         batch, time, _ = x.shape
-        seen = 0 if state is None else state.attn.seen
+        seen = 0 if state is None else state.seen
         self._check_positions(seen + time)
         x_norm = self.norm(x)
         value = F.silu(self.v_proj(x_norm))
@@ -303,13 +308,14 @@ class Mega(Mixer):
         return y, MegaState(h, cache)
 
     def step(self, x_t, state: MegaState):
-        self._check_positions(state.attn.seen + 1)
+        seen = state.seen + 1
+        self._check_positions(seen)
         x_norm = self.norm(x_t)
         value = F.silu(self.v_proj(x_norm))
         work = self._work_dtype(x_t.dtype)
         ema_y, h = ema_step(x_norm.to(work), *self._ema_params(work), state=state.ema)
         u, q, k, r, h_hat = self._gates(x_norm, ema_y)
         cache = _copy_cache(state.attn)  # the caller's state stays valid (e.g. to branch decoding)
-        cache.append(k[:, None], value[:, None])
-        attn_out = self._step_attend(q, cache)
+        cache = cache.append(k[:, None, None], value[:, None, None])
+        attn_out = self._step_attend(q, cache, seen)
         return self._output(x_t, u, r, attn_out, h_hat), MegaState(h, cache)
