@@ -11,12 +11,11 @@ residual stream x [B, T, d] (`residual_in_mixer = True`: the Block adds nothing)
     O   = f(q kᵀ / τ + b_rel) v                                        (§3.2/§3.3, single head)
     H   = SiLU(ĥ + (r ⊙ O) W_h + b_h)
     out = x + u ⊙ (H − x)                                              (gated residual)
-    out = out + W_2 SiLU(W_1 Norm(out) + b_1) + b_2                    (normalized FFN, §3.4; optional)
+    out = out + W_2 SiLU(W_1 Norm(out) + b_1) + b_2                    (normalized FFN, §3.3–3.4; optional)
 Attention functions (Options.attention): "softmax" — f = softmax over the visible keys,
 τ = sqrt(z_dim); "laplace" — f(s) = ½[1 + erf((s − μ)/(σ√2))], μ = √½, σ = √(1/4π), applied
 element-wise with τ = the number of visible keys and no normalization (Mega's element attention).
-Relative position bias b_rel (Options.rel_pos_bias), both of Mega's kinds: "simple" (default, as
-Mega's LM setups) — one learned scalar per offset i − j; Mega stores 2L − 1 offsets for its
+Relative position bias b_rel (Options.rel_pos_bias), both of Mega's kinds: "simple" (default) — one learned scalar per offset i − j; Mega stores 2L − 1 offsets for its
 bidirectional use, a causal layer reads only the L offsets 0..L−1, with L = c (Mega-chunk) or
 max_seq_len (full attention). "rotary" — b(i, j) = Rot_i(a) · Rot_j(b) for learned a, b ∈ R^z
 rotated by sinusoidal angles (Mega's RotaryRelativePositionalBias); it depends on i − j only, so
@@ -35,7 +34,7 @@ Defaults z_dim = d/2, v_dim = 2d, nffn_hidden = 2d follow Mega's base ratios (HF
 
 Decoding state (MegaState): the EMA h [B, d, h] plus the attention cache — Mega-chunk: the
 current chunk's keys/values (a ChunkCache of c slots, logically cleared at every chunk
-boundary), constant in T; full attention: the KV cache (grows, bounded by max_seq_len).
+boundary), constant in T; full attention: the KV cache (grows with T; with the simple bias T <= max_seq_len).
 """
 from __future__ import annotations
 
@@ -64,7 +63,7 @@ class MegaOptions:
     ema_dim: int = 16  # h, the EMA expansion per channel (§3.1)
     z_dim: Optional[int] = None  # shared representation z for q/k; None = d_model // 2
     v_dim: Optional[int] = None  # value / attention-output width; None = 2 * d_model
-    attention: str = "softmax"  # "softmax" | "laplace" (§3.3)
+    attention: str = "softmax"  # "softmax" | "laplace" (§3.3–3.4)
     attention_chunk: Optional[int] = None  # Mega-chunk size c (§3.5); None = full causal attention
     rel_pos_bias: str = "simple"  # "simple" (learned per offset) | "rotary" (Mega's rotary bias)
     nffn_hidden: Optional[int] = None  # normalized FFN hidden width; None = 2 * d_model; 0 = no NFFN
@@ -102,7 +101,7 @@ def kernel_backends(kernel_backend: str) -> tuple[str, str]:
 
 
 class NormalizedFFN(nn.Module):
-    """Mega's NFFN (§3.4, pre-norm): x + W_2 SiLU(W_1 Norm(x) + b_1) + b_2."""
+    """Mega's NFFN (§3.3–3.4, pre-norm): x + W_2 SiLU(W_1 Norm(x) + b_1) + b_2."""
 
     def __init__(self, cfg, hidden: int):
         super().__init__()
