@@ -3,5 +3,6 @@ from seqmodels.layers.registry import get_mixer, mixer_names, register_mixer
 from seqmodels.layers.base import Mixer
 
 from seqmodels.layers import attention  # noqa: F401  (registers "attention")
+from seqmodels.layers import based  # noqa: F401  (registers "based")
 
 __all__ = ["Mixer", "get_mixer", "mixer_names", "register_mixer"]
