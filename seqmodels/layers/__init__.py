@@ -7,5 +7,6 @@ from seqmodels.layers import based  # noqa: F401  (registers "based")
 from seqmodels.layers import base_conv  # noqa: F401  (registers "base_conv")
 from seqmodels.layers import sliding_window  # noqa: F401  (registers "sliding_window")
 from seqmodels.layers import relit  # noqa: F401  (registers "relit")
+from seqmodels.layers import arelit  # noqa: F401  (registers "arelit")
 
 __all__ = ["Mixer", "get_mixer", "mixer_names", "register_mixer"]

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -44,13 +45,14 @@ def positive_int_option(family: str, name: str, value) -> None:
 
 @dataclass
 class ReLiTOptions:
+    family: ClassVar[str] = "relit"  # names the options in error messages
     eta: int = 4  # feature expansion η: φ has η · head_dim_k dims
     eps: float = 1e-5  # denominator guard (the released code's value)
 
     def __post_init__(self):
-        positive_int_option("relit", "eta", self.eta)
+        positive_int_option(self.family, "eta", self.eta)
         if not self.eps > 0:
-            raise ValueError(f"mixer_options.relit.eps must be > 0, got {self.eps!r}")
+            raise ValueError(f"mixer_options.{self.family}.eps must be > 0, got {self.eps!r}")
 
 
 def log1mexp(x: torch.Tensor) -> torch.Tensor:
