@@ -38,6 +38,7 @@ class ModelConfig:
     mlp: str = "swiglu"
     mlp_ratio: float = 8 / 3  # hidden = round_up(mlp_ratio * d_model, mlp_multiple_of)
     mlp_multiple_of: int = 16
+    mlp_hidden_dim: Optional[int] = None  # exact hidden size (e.g. a loaded checkpoint's); overrides mlp_ratio
     norm: str = "rmsnorm"
     norm_eps: float = 1e-6
     tie_embeddings: bool = True
@@ -70,6 +71,8 @@ class ModelConfig:
 
     @property
     def mlp_hidden(self) -> int:
+        if self.mlp_hidden_dim is not None:
+            return self.mlp_hidden_dim
         m = self.mlp_multiple_of
         return m * -(-int(self.mlp_ratio * self.d_model) // m)
 
@@ -109,7 +112,7 @@ class ModelConfig:
 
         for name in ("vocab_size", "d_model", "n_layers", "n_heads", "max_seq_len", "chunk_size", "mlp_multiple_of"):
             positive(name)
-        for name in ("n_kv_heads", "head_dim_k", "head_dim_v"):
+        for name in ("n_kv_heads", "head_dim_k", "head_dim_v", "mlp_hidden_dim"):
             if getattr(self, name) is not None:
                 positive(name)
         if (self.head_dim_k is None or self.head_dim_v is None) and self.d_model % self.n_heads:

@@ -13,20 +13,7 @@ from typing import Any
 
 import torch
 
-
-@dataclass
-class KVCache:
-    """Keys and values seen so far: key [B, S, H_kv, Dk], value [B, S, H_kv, Dv]."""
-
-    key: torch.Tensor
-    value: torch.Tensor
-
-    @property
-    def length(self) -> int:
-        return self.key.shape[1]
-
-    def append(self, key: torch.Tensor, value: torch.Tensor) -> "KVCache":
-        return KVCache(torch.cat([self.key, key], dim=1), torch.cat([self.value, value], dim=1))
+from seqmodels.kernels.attention import KVCache, WindowCache, ChunkCache  # noqa: F401  (decoding caches)
 
 
 @dataclass

@@ -11,19 +11,23 @@ Titans MAG/MAL arXiv 2501.00663 Eqs. 26-31); chunk-local (Mega-chunk, arXiv 2209
 prefix_k/prefix_v [B, P, Hkv, *] (or [P, Hkv, *], broadcast over batch): always-visible tokens
 (Titans persistent memory, Eq. 19). sink_logits [H, m]: value-less logits added to the softmax
 denominator (Lizard meta-memory). bias: additive, broadcastable to [B, H, T, S] (Mega's relative
-position bias). backend: "naive" (explicit softmax, the oracle) | "torch" / "auto" (SDPA).
+position bias). backend: "naive" (explicit softmax, the oracle) | "torch" (SDPA, full T x S mask) |
+"local" (SDPA over blocks, O(T·window) / O(T·chunk): causal self-attention without bias) | "auto"
+(local where it applies and T > 2 blocks, else torch).
 Decoding: attention_step with KVCache / WindowCache / ChunkCache (recurrent.py).
 """
 from __future__ import annotations
 
-from typing import Optional, Union
+from typing import Optional, Tuple, Union
 
 import torch
 
 from .._validate import check_positive_int, check_same_device_dtype, check_shape
+from .extras import Extras
+from .local import attention_local
 from .naive import attention_naive, visible_mask
 from .recurrent import ChunkCache, KVCache, WindowCache, attention_recurrent_step
-from .sdpa import attention_sdpa
+from .sdpa import attention_sdpa, attention_sdpa_causal
 
 __all__ = ["attention", "attention_step", "KVCache", "WindowCache", "ChunkCache", "visible_mask"]
 
@@ -100,6 +104,22 @@ def attention(
     if not isinstance(q_offset, int) or q_offset < 0:
         raise ValueError(f"q_offset must be a non-negative integer (default k_offset + S - T = {k_offset + S - T}), got {q_offset!r}")
     _check_bias(bias, (B, H, T, S))
+    if backend not in ("naive", "torch", "local", "auto"):
+        raise ValueError(f"backend must be 'naive', 'torch', 'local' or 'auto', got {backend!r}")
+    scale = D ** -0.5 if scale is None else float(scale)
+    extras = Extras(bias, prefix_k, prefix_v, sink_logits)
+    local_ok = causal and bool(window or chunk_size) and T == S and q_offset == k_offset and bias is None
+    if backend == "local" and not local_ok:
+        raise ValueError(
+            "backend='local' needs causal self-attention with a window or chunk_size, S == T, q_offset == k_offset "
+            f"and no bias (got causal={causal}, window={window}, chunk_size={chunk_size}, T={T}, S={S}, "
+            f"q_offset={q_offset}, k_offset={k_offset}, bias={'given' if bias is not None else None})"
+        )
+    if backend == "local" or (backend == "auto" and local_ok and T > 2 * (chunk_size or window)):
+        return attention_local(q, k, v, k_offset, window, chunk_size, scale, extras)  # every query sees itself
+    plain_causal = causal and window is None and chunk_size is None and T == S and q_offset == k_offset
+    if backend != "naive" and plain_causal and extras.is_empty():
+        return attention_sdpa_causal(q, k, v, scale)
     allowed = visible_mask(T, S, q_offset, k_offset, causal, window, chunk_size, q.device)
     if prefix_k is None and sink_logits is None and T > 0 and not bool(allowed.any(dim=1).all()):
         first = int((~allowed.any(dim=1)).nonzero()[0])
@@ -107,12 +127,9 @@ def attention(
             f"query {first} (position {q_offset + first}) sees no key with keys at positions {k_offset}..{k_offset + S - 1}; "
             "check q_offset / k_offset (or give prefix tokens / sink logits)"
         )
-    scale = D ** -0.5 if scale is None else float(scale)
     if backend == "naive":
-        return attention_naive(q, k, v, allowed, scale, bias, prefix_k, prefix_v, sink_logits)
-    if backend not in ("torch", "auto"):
-        raise ValueError(f"backend must be 'naive', 'torch' or 'auto', got {backend!r}")
-    return attention_sdpa(q, k, v, allowed, scale, bias, prefix_k, prefix_v, sink_logits)
+        return attention_naive(q, k, v, allowed, scale, extras)
+    return attention_sdpa(q, k, v, allowed, scale, extras)
 
 
 def attention_step(
@@ -125,9 +142,10 @@ def attention_step(
     sink_logits: Optional[torch.Tensor] = None,
     bias: Optional[torch.Tensor] = None,
     scale: Optional[float] = None,
-) -> torch.Tensor:
-    """One decoding step: append k_t [B, Hkv, D], v_t [B, Hkv, Dv] to `cache` (in place) and return
-    o_t [B, H, Dv] for q_t [B, H, D]. The cache type sets the mode (full / window / chunk-local).
+) -> Tuple[torch.Tensor, Union[KVCache, WindowCache, ChunkCache]]:
+    """One decoding step: append k_t [B, Hkv, D], v_t [B, Hkv, Dv] to `cache` and return (o_t [B, H, Dv],
+    cache) for q_t [B, H, D]; KVCache returns a new cache, the bounded caches are updated in place and
+    returned. The cache type sets the mode (full / window / chunk-local).
     bias: broadcastable to [B, H, 1, L] over the cache slots after appending (see cache.positions())."""
     if not isinstance(cache, (KVCache, WindowCache, ChunkCache)):
         raise ValueError(f"cache must be a KVCache, WindowCache or ChunkCache, got {type(cache).__name__}")
@@ -135,15 +153,15 @@ def attention_step(
     check_shape("q_t", q_t, ("B", "H", "D"), sizes)
     check_shape("k_t", k_t, ("B", "Hkv", "D"), sizes)
     check_shape("v_t", v_t, ("B", "Hkv", "Dv"), sizes)
-    check_shape("cache.k", cache.k, ("B", None, "Hkv", "D"), sizes)
-    check_shape("cache.v", cache.v, ("B", None, "Hkv", "Dv"), sizes)
+    check_shape("cache.key", cache.key, ("B", None, "Hkv", "D"), sizes)
+    check_shape("cache.value", cache.value, ("B", None, "Hkv", "Dv"), sizes)
     _check_gqa(sizes, "q_t", "k_t")
     prefix_k, prefix_v = _check_extras(prefix_k, prefix_v, sink_logits, sizes)
     check_same_device_dtype(
-        {"q_t": q_t, "k_t": k_t, "v_t": v_t, "cache.k": cache.k, "cache.v": cache.v, "prefix_k": prefix_k,
+        {"q_t": q_t, "k_t": k_t, "v_t": v_t, "cache.key": cache.key, "cache.value": cache.value, "prefix_k": prefix_k,
          "prefix_v": prefix_v, "sink_logits": sink_logits, "bias": bias}
     )
-    L = cache.k.shape[1] + (1 if isinstance(cache, KVCache) else 0)
+    L = cache.key.shape[1] + (1 if isinstance(cache, KVCache) else 0)
     _check_bias(bias, (sizes["B"], sizes["H"], 1, L))
     scale = q_t.shape[-1] ** -0.5 if scale is None else float(scale)
-    return attention_recurrent_step(q_t, k_t, v_t, cache, scale, bias, prefix_k, prefix_v, sink_logits)
+    return attention_recurrent_step(q_t, k_t, v_t, cache, scale, Extras(bias, prefix_k, prefix_v, sink_logits))

@@ -15,14 +15,21 @@ from typing import Optional
 
 import torch
 
+from .extras import Extras
+
 
 def visible_mask(
     T: int, S: int, q_offset: int, k_offset: int, causal: bool, window: Optional[int], chunk_size: Optional[int], device=None
 ) -> torch.Tensor:
     """Boolean [T, S]: True where query i may attend to key j (positions as in the module docstring)."""
-    pq = (q_offset + torch.arange(T, device=device)).unsqueeze(1)
-    pk = (k_offset + torch.arange(S, device=device)).unsqueeze(0)
-    allowed = torch.ones(T, S, dtype=torch.bool, device=device)
+    pq = q_offset + torch.arange(T, device=device)
+    pk = k_offset + torch.arange(S, device=device)
+    return visible(pq.unsqueeze(1), pk.unsqueeze(0), causal, window, chunk_size)
+
+
+def visible(pq: torch.Tensor, pk: torch.Tensor, causal: bool, window: Optional[int], chunk_size: Optional[int]) -> torch.Tensor:
+    """The visibility rule on broadcastable tensors of query / key absolute positions."""
+    allowed = torch.ones(torch.broadcast_shapes(pq.shape, pk.shape), dtype=torch.bool, device=pq.device)
     if causal:
         allowed &= pk <= pq
     if window is not None:
@@ -34,19 +41,10 @@ def visible_mask(
     return allowed
 
 
-def attention_naive(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    allowed: torch.Tensor,
-    scale: float,
-    bias: Optional[torch.Tensor] = None,
-    prefix_k: Optional[torch.Tensor] = None,
-    prefix_v: Optional[torch.Tensor] = None,
-    sink_logits: Optional[torch.Tensor] = None,
-) -> torch.Tensor:
-    """q [B,T,H,D], k [B,S,Hkv,D], v [B,S,Hkv,Dv], allowed [T,S] bool, bias broadcastable to [B,H,T,S],
-    prefix_k [B,P,Hkv,D], prefix_v [B,P,Hkv,Dv], sink_logits [H,m] -> o [B,T,H,Dv]. One head at a time."""
+def attention_naive(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor, scale: float, extras: Extras = Extras()) -> torch.Tensor:
+    """q [B,T,H,D], k [B,S,Hkv,D], v [B,S,Hkv,Dv], allowed [T,S] bool, extras (extras.py) -> o [B,T,H,Dv].
+    One head at a time."""
+    bias, prefix_k, prefix_v, sink_logits = extras.bias, extras.prefix_k, extras.prefix_v, extras.sink_logits
     B, T, H, _ = q.shape
     group = H // k.shape[2]
     out = []

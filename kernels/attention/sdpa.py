@@ -9,24 +9,15 @@ Memory: the mask is T x S, so this form is quadratic in T (sliding-window at lon
 """
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 import torch.nn.functional as F
 
+from .extras import Extras
 
-def attention_sdpa(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    allowed: torch.Tensor,
-    scale: float,
-    bias: Optional[torch.Tensor] = None,
-    prefix_k: Optional[torch.Tensor] = None,
-    prefix_v: Optional[torch.Tensor] = None,
-    sink_logits: Optional[torch.Tensor] = None,
-) -> torch.Tensor:
+
+def attention_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor, scale: float, extras: Extras = Extras()) -> torch.Tensor:
     """Same arguments as naive.attention_naive; allowed may be [T,S] or broadcastable to [B,H,T,S]."""
+    bias, prefix_k, prefix_v, sink_logits = extras.bias, extras.prefix_k, extras.prefix_v, extras.sink_logits
     B, T, H, _ = q.shape
     qh, kh, vh = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B, heads, len, dim]
     mask = allowed
@@ -51,4 +42,14 @@ def attention_sdpa(
         sinks = sink_logits.to(q.dtype)[:, None, :].expand(*lead, m)  # [.., H, T, m]
         mask = torch.cat([mask.expand(*lead, mask.shape[-1]), sinks], dim=-1)
     out = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=mask, scale=scale, enable_gqa=kh.shape[1] != H)
+    return out.transpose(1, 2)
+
+
+def attention_sdpa_causal(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+    """Plain causal self-attention (S == T, no extras): SDPA's is_causal, so GPUs take the
+    flash/memory-efficient kernels and no T x T mask is materialized."""
+    out = F.scaled_dot_product_attention(
+        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=q.shape[1] > 1, scale=scale,
+        enable_gqa=k.shape[2] != q.shape[2],
+    )
     return out.transpose(1, 2)

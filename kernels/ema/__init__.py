@@ -2,7 +2,7 @@
 
     y, h = ema(x, p, log_q, beta, gamma, initial_state=None, output_final_state=False,
                chunk_size=64, backend="auto")
-x [B, T, D] (channel op), p = σ(δ) [D, N], log_q = log1p(-p·σ(α)) [D, N] (<= 0, computed by the
+x [B, T, D] (channel op; parameters may be float32 with bf16 x), p = σ(δ) [D, N], log_q = log1p(-p·σ(α)) [D, N] (<= 0, computed by the
 layer in float32+), beta [D, N], gamma [D, N]; h [B, D, N].
     h_t = p β x_t + q h_{t-1};  y_t = N^{-1/2} Σ_n γ_n h_{t,n}   (Mega's readout scale, inside the op)
 The layer adds ω⊙x and the SiLU. Backends: "naive" (token loop) | "fft" (kernel + FFT, Mega's
@@ -17,14 +17,20 @@ import torch
 from .._validate import check_log_decay, check_positive_int, check_same_device_dtype, check_shape
 from .chunk import ema_chunk
 from .fft import ema_fft
-from .recurrent import ema_naive, ema_recurrent_step
+from .naive import ema_naive
+from .recurrent import ema_recurrent_step
 
 __all__ = ["ema", "ema_step"]
 
 
-def _check_params(p, log_q, beta, gamma, sizes):
+def _check_params(p, log_q, beta, gamma, sizes, x_name, x):
+    """Shapes [D, N]; one dtype/device for the parameters, which may be more precise than x (float32
+    parameters with bf16 activations); math runs in float32 (float64 for float64 x)."""
     for name, t in (("p", p), ("log_q", log_q), ("beta", beta), ("gamma", gamma)):
         check_shape(name, t, ("D", "N"), sizes)
+    check_same_device_dtype({"p": p, "log_q": log_q, "beta": beta, "gamma": gamma})
+    if not x.is_floating_point() or x.device != p.device:
+        raise ValueError(f"{x_name} must be a floating tensor on {p.device} (the parameters' device), got {x.dtype} on {x.device}")
     check_log_decay("log_q", log_q)
     if not bool(((p >= 0) & (p <= 1)).all()):
         raise ValueError(f"p has values outside [0, 1] (min {p.min().item():.3g}, max {p.max().item():.3g}); pass p = sigmoid(delta)")
@@ -47,11 +53,10 @@ def ema(
     (float64 for float64 inputs)."""
     sizes: dict = {}
     check_shape("x", x, ("B", "T", "D"), sizes)
-    _check_params(p, log_q, beta, gamma, sizes)
+    _check_params(p, log_q, beta, gamma, sizes, "x", x)
     if initial_state is not None:
         check_shape("initial_state", initial_state, ("B", "D", "N"), sizes)
     check_positive_int("chunk_size", chunk_size)
-    check_same_device_dtype({"x": x, "p": p, "log_q": log_q, "beta": beta, "gamma": gamma})
     _check_state("initial_state", initial_state, x)
     if backend == "naive":
         work = torch.float64 if x.dtype == torch.float64 else torch.float32
@@ -73,8 +78,7 @@ def ema_step(
     """One decoding step: x_t [B, D], state h [B, D, N] (None = zeros) -> (y_t [B, D], new h)."""
     sizes: dict = {}
     check_shape("x_t", x_t, ("B", "D"), sizes)
-    _check_params(p, log_q, beta, gamma, sizes)
-    check_same_device_dtype({"x_t": x_t, "p": p, "log_q": log_q, "beta": beta, "gamma": gamma})
+    _check_params(p, log_q, beta, gamma, sizes, "x_t", x_t)
     work = torch.float64 if x_t.dtype == torch.float64 else torch.float32
     if state is None:
         state = x_t.new_zeros(x_t.shape[0], x_t.shape[1], p.shape[1], dtype=work)

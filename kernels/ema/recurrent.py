@@ -1,4 +1,4 @@
-"""Mega's damped multi-dimensional EMA, one token at a time (decoding step and the naive token loop).
+"""Mega's damped multi-dimensional EMA, one token at a time (the decoding step).
 
 Per channel d and expansion n (arXiv 2209.10655 §3.1, Eqs. 2-3 with App. A's damping):
     h_t = p β x_t + q h_{t-1},   q = 1 - p·a = exp(log_q)
@@ -8,7 +8,7 @@ carries no scale. State h: [B, D, N]. Layout of x / y: [B, T, D] (channel op).
 """
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Tuple
 
 import torch
 
@@ -20,17 +20,3 @@ def ema_recurrent_step(
     h = (p * beta) * x_t.unsqueeze(-1).to(h.dtype) + torch.exp(log_q) * h
     y = (h * gamma).sum(-1) * gamma.shape[1] ** -0.5
     return y.to(x_t.dtype), h
-
-
-def ema_naive(
-    x: torch.Tensor, p: torch.Tensor, log_q: torch.Tensor, beta: torch.Tensor, gamma: torch.Tensor,
-    initial_state: Optional[torch.Tensor] = None,
-) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Token loop: x [B, T, D] -> (y [B, T, D], final h [B, D, N]). The definition (float64 oracle)."""
-    B, T, D = x.shape
-    h = x.new_zeros(B, D, p.shape[1]) if initial_state is None else initial_state
-    ys = []
-    for t in range(T):
-        y, h = ema_recurrent_step(x[:, t], p, log_q, beta, gamma, h)
-        ys.append(y)
-    return torch.stack(ys, 1) if ys else x.clone(), h

@@ -12,19 +12,24 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from seqmodels.layers.base import Mixer
 from seqmodels.layers.registry import register_mixer
 from seqmodels.layers.rope import apply_rope, rope_cos_sin
-from seqmodels.state import KVCache
+from seqmodels.kernels.attention import KVCache, attention
 
 
 @dataclass
 class AttentionOptions:
-    qkv_bias: bool = False  # Qwen2-style biases on q/k/v projections
+    qkv_bias: bool = False  # biases on q/k/v projections (Qwen2; Llama with attention_bias)
+    o_bias: bool = False  # bias on the output projection (Llama with attention_bias)
     rope: bool = True
+
+
+def attention_backend(cfg) -> str:
+    """The attention kernel's backend for the model's kernel_backend ("naive" stays the oracle)."""
+    return "naive" if cfg.kernel_backend == "naive" else "auto"
 
 
 @register_mixer("attention")
@@ -40,7 +45,7 @@ class SoftmaxAttention(Mixer):
         self.q_proj = nn.Linear(cfg.d_model, self.n_heads * self.head_dim, bias=bias)
         self.k_proj = nn.Linear(cfg.d_model, self.n_kv_heads * self.head_dim, bias=bias)
         self.v_proj = nn.Linear(cfg.d_model, self.n_kv_heads * self.head_dim, bias=bias)
-        self.o_proj = nn.Linear(self.n_heads * self.head_dim, cfg.d_model, bias=False)
+        self.o_proj = nn.Linear(self.n_heads * self.head_dim, cfg.d_model, bias=self.options.o_bias)
 
     @staticmethod
     def check_config(cfg, options) -> None:
@@ -72,20 +77,8 @@ class SoftmaxAttention(Mixer):
             k, v = state.key, state.value
         elif return_state:
             state = KVCache(k, v)
-        if offset == 0:
-            mask, causal = None, True
-        else:  # query i sits at absolute position offset + i and sees keys 0..offset+i
-            q_pos = torch.arange(offset, offset + time, device=x.device)
-            mask, causal = torch.arange(k.shape[1], device=x.device)[None, :] <= q_pos[:, None], False
-        out = F.scaled_dot_product_attention(
-            q.transpose(1, 2),
-            k.transpose(1, 2),
-            v.transpose(1, 2),
-            attn_mask=mask,
-            is_causal=causal and time > 1,
-            enable_gqa=self.n_kv_heads != self.n_heads,
-        )
-        y = self.o_proj(out.transpose(1, 2).reshape(batch, time, self.n_heads * self.head_dim))
+        out = attention(q, k, v, causal=True, scale=self.head_dim ** -0.5, backend=attention_backend(self.cfg))
+        y = self.o_proj(out.reshape(batch, time, self.n_heads * self.head_dim))
         return y, (state if return_state else None)
 
     def step(self, x_t, state: KVCache):

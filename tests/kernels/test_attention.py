@@ -63,6 +63,28 @@ def test_sdpa_equals_naive(mode, extras):
     assert_rel_close(out32, ref, TOL32, "float32")
 
 
+@pytest.mark.parametrize("mode", [dict(window=1), dict(window=3), dict(window=20), dict(chunk_size=4), dict(chunk_size=1), dict(window=2, chunk_size=5)])
+@pytest.mark.parametrize("offset", [0, 3])
+def test_local_blocks_equal_naive(mode, offset):
+    """The O(T·L) block form: T = 13 not a multiple of the block, chunk boundaries at absolute positions."""
+    q, k, v = _qkv(T=13)
+    kw = _extras()
+    leaves = [t.clone().requires_grad_() for t in (q, k, v, kw["prefix_k"], kw["prefix_v"], kw["sink_logits"])]
+    grads, outs = [], []
+    for backend in ("naive", "local"):
+        for t in leaves:
+            t.grad = None
+        o = attention(*leaves[:3], k_offset=offset, prefix_k=leaves[3], prefix_v=leaves[4], sink_logits=leaves[5], backend=backend, **mode)
+        (o * torch.linspace(-1, 1, o.numel(), dtype=o.dtype).view_as(o)).sum().backward()
+        outs.append(o.detach())
+        grads.append([t.grad.clone() for t in leaves])
+    assert_rel_close(outs[1], outs[0], TOL64, f"local {mode}")
+    for name, a, b in zip("q k v prefix_k prefix_v sinks".split(), grads[1], grads[0]):
+        assert_rel_close(a, b, TOL64, f"local grad {name}")
+    plain_local = attention(q, k, v, k_offset=offset, backend="local", **mode)
+    assert_rel_close(plain_local, attention(q, k, v, k_offset=offset, backend="naive", **mode), TOL64, "local, no extras")
+
+
 def test_sinks_enter_only_the_denominator():
     # with one key visible, o = v * e^s / (e^s + sum e^l)
     q, k, v = _qkv(B=1, T=1, H=1, Hkv=1)
@@ -122,11 +144,6 @@ def test_prefill_continuation_with_offsets(mode, split):
         assert_rel_close(out, full[:, split:], TOL64, "continuation from a bounded cache")
 
 
-def _decode(q, k, v, cache, **kw):
-    outs = [attention_step(q[:, t], k[:, t], v[:, t], cache, **kw) for t in range(q.shape[1])]
-    return torch.stack(outs, 1)
-
-
 @pytest.mark.parametrize("extras", [False, True])
 @pytest.mark.parametrize("prefill", [0, 6])
 def test_decode_with_each_cache_equals_forward(extras, prefill):
@@ -143,11 +160,27 @@ def test_decode_with_each_cache_equals_forward(extras, prefill):
         sizes = set()
         outs = []
         for t in range(prefill, 17):
-            outs.append(attention_step(q[:, t], k[:, t], v[:, t], cache, **kw))
-            sizes.add(tuple(cache.k.shape))
+            o_t, cache = attention_step(q[:, t], k[:, t], v[:, t], cache, **kw)
+            outs.append(o_t)
+            sizes.add(tuple(cache.key.shape))
         assert_rel_close(torch.stack(outs, 1), full[:, prefill:], TOL64, f"decode {mode}")
         if mode:
             assert len(sizes) == 1, "bounded cache must keep a constant size"
+
+
+def test_multi_token_append_equals_token_appends():
+    _, k, v = _qkv(T=11)
+    for make in (lambda: WindowCache.from_prefill(k[:, :0], v[:, :0], 4), lambda: ChunkCache.from_prefill(k[:, :0], v[:, :0], 4)):
+        a, b = make(), make()
+        a = a.append(k[:, :2], v[:, :2]).append(k[:, 2:], v[:, 2:])  # 9 tokens at once: more than the buffer
+        for t in range(11):
+            b = b.append(k[:, t : t + 1], v[:, t : t + 1])
+        assert a.seen == b.seen == 11
+        assert a.positions().tolist() == b.positions().tolist()
+        valid = a.positions() >= 0
+        assert torch.equal(a.key[:, valid], b.key[:, valid]) and torch.equal(a.value[:, valid], b.value[:, valid])
+    full = KVCache.from_prefill(k[:, :3], v[:, :3]).append(k[:, 3:], v[:, 3:])
+    assert torch.equal(full.key, k) and full.length == 11
 
 
 def test_window_state_constant_in_T():
@@ -155,8 +188,8 @@ def test_window_state_constant_in_T():
     cache = WindowCache.from_prefill(k[:, :0], v[:, :0], 3)
     shapes = set()
     for t in range(40):
-        attention_step(q[:, t], k[:, t], v[:, t], cache)
-        shapes.add((tuple(cache.k.shape), tuple(cache.v.shape)))
+        _, cache = attention_step(q[:, t], k[:, t], v[:, t], cache)
+        shapes.add((tuple(cache.key.shape), tuple(cache.value.shape)))
     assert shapes == {((1, 3, 2, 5), (1, 3, 2, 3))}
     assert cache.positions().tolist() == [39, 37, 38]
 
@@ -174,7 +207,7 @@ def test_chunk_cache_cleared_at_boundary_and_bias_in_decode():
         start = t - t % c  # chunk start: the buffer holds positions start..t after appending
         pos_after = torch.where(slots <= t % c, start + slots, torch.full((c,), -1))
         b = rel[(t - pos_after).clamp(-c + 1, c - 1) + c - 1]  # entries of empty slots are masked anyway
-        o = attention_step(q[:, t], k[:, t], v[:, t], cache, bias=b)
+        o, cache = attention_step(q[:, t], k[:, t], v[:, t], cache, bias=b)
         assert cache.positions().tolist() == pos_after.tolist()
         assert_rel_close(o, full[:, t], TOL64, f"chunk decode t={t}")
 
@@ -209,10 +242,16 @@ def test_bad_inputs():
         attention(q, k.float(), v)
     with pytest.raises(ValueError, match="backend"):
         attention(q, k, v, backend="flash")
+    with pytest.raises(ValueError, match="backend='local' needs"):
+        attention(q, k, v, backend="local")  # no window / chunk
+    with pytest.raises(ValueError, match="backend='local' needs"):
+        attention(q[:, 2:], k, v, window=3, backend="local")  # S != T
     cache = WindowCache.from_prefill(k[:, :0], v[:, :0], 3)
     with pytest.raises(ValueError, match="k_t has shape"):
         attention_step(q[:, 0], k[:, 0, :, :4], v[:, 0], cache)
     with pytest.raises(ValueError, match="cache must be"):
         attention_step(q[:, 0], k[:, 0], v[:, 0], {"k": k})
+    with pytest.raises(ValueError, match="cache.value has shape"):
+        attention_step(q[:, 0], k[:, 0], v[:, 0], WindowCache(cache.key, cache.value[..., :2], 0))
     with pytest.raises(ValueError, match="needs the last"):
         WindowCache.from_prefill(k[:, :2], v[:, :2], 3, k_offset=5)

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from seqmodels.kernels.ema import ema, ema_step
-from seqmodels.testing import assert_rel_close
+from seqmodels.testing import assert_rel_close, rel_rms_err
 
 
 def _inputs(B=2, T=21, D=3, N=4, dtype=torch.float64, seed=0, strong=False):
@@ -69,6 +69,15 @@ def test_float32():
         assert_rel_close(h, h_ref, 1e-5, f"float32 {backend} state")
 
 
+def test_bfloat16_input_float32_parameters():
+    x, p, log_q, beta, gamma, _ = _inputs(T=40)
+    y_ref, _ = ema(x, p, log_q, beta, gamma, backend="naive")
+    for backend in ("fft", "chunk", "naive"):
+        y, _ = ema(x.bfloat16(), p.float(), log_q.float(), beta.float(), gamma.float(), backend=backend)
+        assert y.dtype == torch.bfloat16
+        assert rel_rms_err(y, y_ref) < 1e-2, backend  # bf16 tolerance: relative RMS 1e-2
+
+
 def test_gradients_agree():
     base = _inputs(T=13)
     grads = {}
@@ -99,7 +108,9 @@ def test_bad_inputs():
     with pytest.raises(ValueError, match="chunk_size"):
         ema(x, p, log_q, beta, gamma, chunk_size=0)
     with pytest.raises(ValueError, match="dtype"):
-        ema(x, p.float(), log_q, beta, gamma)
+        ema(x, p.float(), log_q, beta, gamma)  # parameters disagree among themselves
+    with pytest.raises(ValueError, match="x must be a floating tensor"):
+        ema(x.long(), p, log_q, beta, gamma)
     with pytest.raises(ValueError, match="backend"):
         ema(x, p, log_q, beta, gamma, backend="scan")
     with pytest.raises(ValueError, match="state has shape"):
