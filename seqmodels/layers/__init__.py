@@ -3,5 +3,8 @@ from seqmodels.layers.registry import get_mixer, mixer_names, register_mixer
 from seqmodels.layers.base import Mixer
 
 from seqmodels.layers import attention  # noqa: F401  (registers "attention")
+from seqmodels.layers import based  # noqa: F401  (registers "based")
+from seqmodels.layers import base_conv  # noqa: F401  (registers "base_conv")
+from seqmodels.layers import sliding_window  # noqa: F401  (registers "sliding_window")
 
 __all__ = ["Mixer", "get_mixer", "mixer_names", "register_mixer"]
