@@ -8,5 +8,6 @@ from seqmodels.layers import base_conv  # noqa: F401  (registers "base_conv")
 from seqmodels.layers import sliding_window  # noqa: F401  (registers "sliding_window")
 from seqmodels.layers import titans_memory  # noqa: F401  (registers "titans_memory")
 from seqmodels.layers import titans_mag  # noqa: F401  (registers "titans_mag")
+from seqmodels.layers import lizard  # noqa: F401  (registers "lizard")
 
 __all__ = ["Mixer", "get_mixer", "mixer_names", "register_mixer"]
