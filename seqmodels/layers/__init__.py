@@ -9,5 +9,6 @@ from seqmodels.layers import sliding_window  # noqa: F401  (registers "sliding_w
 from seqmodels.layers import titans_memory  # noqa: F401  (registers "titans_memory")
 from seqmodels.layers import titans_mag  # noqa: F401  (registers "titans_mag")
 from seqmodels.layers import lizard  # noqa: F401  (registers "lizard")
+from seqmodels.layers import lolcats  # noqa: F401  (registers "lolcats")
 
 __all__ = ["Mixer", "get_mixer", "mixer_names", "register_mixer"]
