@@ -62,7 +62,7 @@ def test_seqlm_learns_and_generates():
     cfg = ModelConfig(vocab_size=32, d_model=32, n_layers=2, n_heads=2, chunk_size=16, max_seq_len=128, mixer="titans_mag",
                       mixer_options={"titans_mag": {"memory_chunk_size": 4, "n_persistent": 2, "window": 8}})
     first, last, model = train_toy_sequence(cfg, steps=50)
-    assert first > 3.0 and last < 1.0, (first, last)
+    assert first > 3.0 and last < 1.0, (first, last)  # measured 0.61 (from ~3.47)
     check_generate_matches_forward(model, torch.randint(0, 32, (2, 11), generator=torch.Generator().manual_seed(2)), 10)
 
 
