@@ -89,9 +89,9 @@ def test_persistent_tokens_get_gradients():
 
 
 @pytest.mark.parametrize("name, kw, threshold", [
-    ("lmm", dict(mixer="titans_memory", mixer_options={"titans_memory": {"memory_chunk_size": 4, "n_persistent": 2}}), 1.0),
+    ("lmm", dict(mixer="titans_memory", mixer_options={"titans_memory": {"memory_chunk_size": 4, "n_persistent": 2}}), 1.0),  # measured 0.64
     ("mal", dict(mixer=None, layers=["titans_memory", "sliding_window"],
-                 mixer_options={"titans_memory": {"memory_chunk_size": 4, "n_persistent": 2}, "sliding_window": {"window": 8}}), 0.6),
+                 mixer_options={"titans_memory": {"memory_chunk_size": 4, "n_persistent": 2}, "sliding_window": {"window": 8}}), 0.6),  # measured 0.32
 ])
 def test_seqlm_learns_and_generates(name, kw, threshold):
     cfg = ModelConfig(vocab_size=32, d_model=32, n_layers=2, n_heads=2, chunk_size=16, max_seq_len=128, **kw)
