@@ -187,3 +187,10 @@ def test_from_attention_keeps_the_teacher_config():
     mixer = LizardAttention.from_attention(teacher, window=5, global_form="folded")
     assert mixer.cfg.d_model == 36 and mixer.options.window == 5 and mixer.q_proj.bias is None
     assert dataclasses.replace(mixer.cfg).mixer == "lizard"
+
+
+def test_float32_step_matches_forward():
+    """float32: forward == token-by-token step within 1e-5 relative (states accumulate in float32)."""
+    mixer = build_mixer(cfg_for(), dtype=torch.float32)
+    x = torch.randn(2, 37, 36, generator=torch.Generator().manual_seed(7))
+    check_step_matches_forward(mixer, x, 1e-5)

@@ -12,6 +12,7 @@ from seqmodels.testing import (
     build_mixer,
     check_generate_matches_forward,
     check_mixer_contract,
+    check_step_matches_forward,
     train_toy_sequence,
 )
 
@@ -82,3 +83,10 @@ def test_bad_config_raises(kw, message):
     fields = {k: v for k, v in kw.items() if k not in options}
     with pytest.raises(ValueError, match=message):
         ModelConfig(vocab_size=64, d_model=36, n_heads=3, mixer="titans_mag", mixer_options={"titans_mag": options}, **fields)
+
+
+def test_float32_step_matches_forward():
+    """float32: forward == token-by-token step within 1e-5 relative (states accumulate in float32)."""
+    mixer = build_mixer(cfg_for(), dtype=torch.float32)
+    x = torch.randn(2, 37, 36, generator=torch.Generator().manual_seed(7))
+    check_step_matches_forward(mixer, x, 1e-5)

@@ -13,6 +13,7 @@ from seqmodels.testing import (
     build_mixer,
     check_generate_matches_forward,
     check_mixer_contract,
+    check_step_matches_forward,
     rel_err,
     train_toy_sequence,
 )
@@ -125,3 +126,10 @@ def test_presets_load(preset):
 def test_bad_options_raise(options, message):
     with pytest.raises(ValueError, match=message):
         cfg_for(**options)
+
+
+def test_float32_step_matches_forward():
+    """float32: forward == token-by-token step within 1e-5 relative (states accumulate in float32)."""
+    mixer = build_mixer(cfg_for(), dtype=torch.float32)
+    x = torch.randn(2, 37, 36, generator=torch.Generator().manual_seed(7))
+    check_step_matches_forward(mixer, x, 1e-5)
