@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from seqmodels.kernels._validate import check_positive_int
 from seqmodels.kernels.attention import WindowCache, attention, attention_step
 from seqmodels.layers.attention import SoftmaxAttention
 from seqmodels.layers.base import Mixer
@@ -45,11 +46,6 @@ from seqmodels.layers.registry import register_mixer
 GLOBAL_FORMS = ("gla", "folded")
 EPS = 1e-12  # guards the global normalizer (≥ φ_q(q_i)·φ_k(k_i) > 0, so eps only matters on underflow)
 GATE_INIT = 0.99  # initial Γ = σ(b_γ) with w_γ = 0 (our choice; the paper gives none)
-
-
-def _positive_int(name: str, value) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
 
 @dataclass
@@ -62,11 +58,11 @@ class LizardOptions:
     o_bias: bool = False
 
     def __post_init__(self):
-        _positive_int("window", self.window)
+        check_positive_int("window", self.window)
         if not isinstance(self.n_meta, int) or isinstance(self.n_meta, bool) or self.n_meta < 0:
             raise ValueError(f"n_meta must be a non-negative integer, got {self.n_meta!r}")
         if self.feature_dim is not None:
-            _positive_int("feature_dim", self.feature_dim)
+            check_positive_int("feature_dim", self.feature_dim)
         if self.global_form not in GLOBAL_FORMS:
             raise ValueError(f"global_form must be one of {list(GLOBAL_FORMS)}, got {self.global_form!r}")
 

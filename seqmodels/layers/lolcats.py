@@ -27,8 +27,9 @@ from typing import Optional
 import torch
 from torch import nn
 
+from seqmodels.kernels._validate import check_positive_int
 from seqmodels.kernels.attention import WindowCache
-from seqmodels.layers.lizard import HedgehogWindowBase, _positive_int
+from seqmodels.layers.lizard import HedgehogWindowBase
 from seqmodels.layers.normalized_gla import state_dtype, zero_state
 from seqmodels.layers.registry import register_mixer
 
@@ -42,9 +43,9 @@ class LolcatsOptions:
     o_bias: bool = False
 
     def __post_init__(self):
-        _positive_int("window", self.window)
+        check_positive_int("window", self.window)
         if self.feature_dim is not None:
-            _positive_int("feature_dim", self.feature_dim)
+            check_positive_int("feature_dim", self.feature_dim)
         f = self.window_factor_init
         if not isinstance(f, (int, float)) or isinstance(f, bool) or not 0 < f < 1:
             raise ValueError(f"window_factor_init must be a number in (0, 1), got {f!r}")

@@ -26,6 +26,7 @@ from typing import Optional
 import torch
 from torch import nn
 
+from seqmodels.kernels._validate import check_positive_int
 from seqmodels.kernels.attention import WindowCache, attention, attention_step
 from seqmodels.layers.attention import SoftmaxAttention
 from seqmodels.layers.base import Mixer
@@ -40,8 +41,7 @@ class TitansMAGOptions(TitansMemoryOptions):
 
     def __post_init__(self):
         super().__post_init__()
-        if not isinstance(self.window, int) or isinstance(self.window, bool) or self.window < 1:
-            raise ValueError(f"window must be a positive integer (tokens seen per query), got {self.window!r}")
+        check_positive_int("window", self.window)
 
 
 @dataclass

@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from seqmodels.kernels._validate import check_positive_int
 from seqmodels.kernels.neural_memory import (
     MLPMemoryState,
     NeuralMemoryState,
@@ -68,10 +69,8 @@ class TitansMemoryOptions:
     mlp_hidden: Optional[int] = None  # hidden width of the MLP memory (default 2 · head_dim_k)
 
     def __post_init__(self):
-        for name in ("memory_chunk_size", "conv_size"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        check_positive_int("memory_chunk_size", self.memory_chunk_size)
+        check_positive_int("conv_size", self.conv_size)
         if self.conv_size > MAX_KERNEL_SIZE:
             raise ValueError(f"conv_size must be <= {MAX_KERNEL_SIZE} (a short conv), got {self.conv_size}")
         if not isinstance(self.n_persistent, int) or isinstance(self.n_persistent, bool) or self.n_persistent < 0:
@@ -80,8 +79,8 @@ class TitansMemoryOptions:
             raise ValueError(f"max_lr must be a number > 0, got {self.max_lr!r}")
         if self.memory not in MEMORY_KINDS:
             raise ValueError(f"memory must be one of {list(MEMORY_KINDS)}, got {self.memory!r}")
-        if self.mlp_hidden is not None and (not isinstance(self.mlp_hidden, int) or isinstance(self.mlp_hidden, bool) or self.mlp_hidden < 1):
-            raise ValueError(f"mlp_hidden must be a positive integer or None, got {self.mlp_hidden!r}")
+        if self.mlp_hidden is not None:
+            check_positive_int("mlp_hidden", self.mlp_hidden)
 
 
 @dataclass
