@@ -11,10 +11,14 @@ from seqmodels.layers import chela  # noqa: F401
 from seqmodels.layers import gla  # noqa: F401
 from seqmodels.layers import lightnet  # noqa: F401
 from seqmodels.layers import lightning  # noqa: F401
+from seqmodels.layers import lizard  # noqa: F401
+from seqmodels.layers import lolcats  # noqa: F401
 from seqmodels.layers import mega  # noqa: F401
 from seqmodels.layers import relit  # noqa: F401
 from seqmodels.layers import retnet  # noqa: F401
 from seqmodels.layers import sliding_window  # noqa: F401
+from seqmodels.layers import titans_mag  # noqa: F401
+from seqmodels.layers import titans_memory  # noqa: F401
 from seqmodels.layers import vig  # noqa: F401
 
 __all__ = ["Mixer", "get_mixer", "mixer_names", "register_mixer"]
