@@ -1,0 +1,406 @@
+"""Chunked Triton kernels for gated linear attention (`gla` backend "triton"), forward and backward.
+
+Recurrence (DESIGN.md §3.1; GLA, Yang et al. 2023, arXiv 2312.06635, Eq. 3 / §4.2):
+    S_t = diag(exp(g_t)) S_{t-1} + k_t v_t^T,     o_t = scale * S_t^T q_t
+with per-channel log-gates g_t in R^{Dk} (<= 0) or one scalar per head broadcast over Dk
+(RetNet / Lightning / simple GLA).
+
+Chunked form (GLA §4.2 "secondary chunking", Eqs. 4-5; DESIGN.md §3.3). Inside chunk i with
+chunk-local cumulative gates b_r = sum_{u<=r} g_u and Gamma = b_last, state H_i at the chunk start:
+    o_r     = scale * (q_r * e^{b_r})^T H_i + sum_{s<=r} A_rs v_s
+    A_rs    = scale * sum_c q_rc k_sc e^{b_rc - b_sc}
+    H_{i+1} = diag(e^{Gamma}) H_i + (K * e^{Gamma - b})^T V
+Every exponent is <= 0: off-diagonal sub-blocks (sub-chunk BC=16) of A are referenced to the
+first row of the query sub-block (q * e^{b_r - b_ref}, k * e^{b_ref - b_s}); the diagonal
+sub-block is computed entry by entry. For a scalar gate e^{b_r - b_s} is formed per pair directly.
+
+Design: like fla, three forward launches (chunk states, intra-chunk scores A, outputs) instead of
+one kernel sequential over chunks: the state pass is the only sequential part and is cheap
+(one [BK,BV] tile per program); scores and outputs are parallel over chunks, which fills the GPU
+at small batch x heads. Chunk states are recomputed in the backward pass (memory), A is saved.
+
+Backward (derivation, per batch and head; dO = dL/do, dH_{i+1} = dL/dH_{i+1}):
+    dH_i   = diag(e^{Gamma}) dH_{i+1} + scale * (Q * e^{b})^T dO          (reverse state pass)
+    dA_rs  = scale * dO_r . v_s  (s <= r)
+    dq_r   = scale * e^{b_r} * (H_i dO_r) + sum_{s<=r} dA_rs k_s e^{b_r - b_s}
+    dk_s   = e^{Gamma - b_s} * (dH_{i+1} v_s) + sum_{r>=s} dA_rs q_r e^{b_r - b_s}
+    dv_s   = sum_{r>=s} A_rs dO_r + (k_s * e^{Gamma - b_s})^T dH_{i+1}
+Gate gradient: with global cumulative gates B_t = sum_{u<=t} g_u, q_t appears only as
+q_t e^{B_t}, k_s only as k_s e^{-B_s}, and the final state as e^{B_{T-1}} (S_0 + sum_s e^{-B_s} k_s v_s^T).
+Hence dL/dB_t = q_t*dq_t - k_t*dk_t (+ sum_j S_T[:,j] dS_T[:,j] at t = T-1), and
+dL/dg_u = sum_{t>=u} dL/dB_t (reverse cumulative sum); a scalar gate also sums over channels.
+
+reverse=True is implemented by flipping q, k, v, log_decay_k along T in the wrapper (autograd
+flips the gradients back). Numerics: loads are cast to float32 (float64 for float64 inputs) and
+all accumulation is in that dtype; matmul operands are bf16/fp16 for bf16/fp16 inputs (as fla),
+exact IEEE float32 / float64 otherwise. Autotuning only on a real GPU, never under TRITON_INTERPRET.
+"""
+from __future__ import annotations
+
+import os
+from typing import Optional, Tuple
+
+import torch
+import triton
+import triton.language as tl
+
+SUB_CHUNK = 16  # secondary chunk size BC (GLA §4.2); also the smallest tl.dot dimension on GPU
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+# --------------------------------------------------------------------------------------------
+# Forward: chunk states
+# --------------------------------------------------------------------------------------------
+@triton.jit
+def _chunk_states_fwd_kernel(
+    k, v, gcum, h, h0, ht, T, NT,
+    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
+    BK: tl.constexpr, BV: tl.constexpr,
+    SCALAR_GATE: tl.constexpr, HAS_H0: tl.constexpr, STORE_HT: tl.constexpr,
+    ACC: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr,
+):
+    """h[b, i, h] = state at the start of chunk i; ht = state after the last chunk."""
+    ik = tl.program_id(0)
+    iv = tl.program_id(1)
+    ibh = tl.program_id(2).to(tl.int64)
+    ib = ibh // H
+    ih = ibh % H
+    offs_k = ik * BK + tl.arange(0, BK)
+    offs_v = iv * BV + tl.arange(0, BV)
+    mk = offs_k < K
+    mv = offs_v < V
+    mkv = mk[:, None] & mv[None, :]
+    kv_offs = offs_k[:, None] * V + offs_v[None, :]
+    state = tl.zeros([BK, BV], dtype=ACC)
+    if HAS_H0:
+        state += tl.load(h0 + ibh * K * V + kv_offs, mask=mkv, other=0.0).to(ACC)
+    for i in range(NT):
+        tl.store(h + ((ib * NT + i) * H + ih) * K * V + kv_offs, state.to(h.dtype.element_ty), mask=mkv)
+        t = i * BT + tl.arange(0, BT)
+        mt = t < T
+        t_last = tl.minimum(i * BT + BT, T) - 1
+        k_blk = tl.load(k + ((ib * T + t[:, None]) * H + ih) * K + offs_k[None, :],
+                        mask=mt[:, None] & mk[None, :], other=0.0).to(ACC)
+        v_blk = tl.load(v + ((ib * T + t[:, None]) * H + ih) * V + offs_v[None, :],
+                        mask=mt[:, None] & mv[None, :], other=0.0).to(ACC)
+        if SCALAR_GATE:
+            g = tl.load(gcum + (ib * T + t) * H + ih, mask=mt, other=0.0).to(ACC)
+            g_last = tl.load(gcum + (ib * T + t_last) * H + ih).to(ACC)
+            k_dec = k_blk * tl.exp(tl.where(mt, g_last - g, float("-inf")))[:, None]
+            state = state * tl.exp(g_last)
+        else:
+            g = tl.load(gcum + ((ib * T + t[:, None]) * H + ih) * K + offs_k[None, :],
+                        mask=mt[:, None] & mk[None, :], other=0.0).to(ACC)
+            g_last = tl.load(gcum + ((ib * T + t_last) * H + ih) * K + offs_k, mask=mk, other=0.0).to(ACC)
+            k_dec = k_blk * tl.exp(tl.where(mt[:, None], g_last[None, :] - g, float("-inf")))
+            state = state * tl.exp(g_last)[:, None]
+        state += tl.dot(tl.trans(k_dec.to(DOT)), v_blk.to(DOT), input_precision=PREC, out_dtype=ACC)
+    if STORE_HT:
+        tl.store(ht + ibh * K * V + kv_offs, state.to(ht.dtype.element_ty), mask=mkv)
+
+
+# --------------------------------------------------------------------------------------------
+# Forward: intra-chunk scores A (secondary chunking)
+# --------------------------------------------------------------------------------------------
+@triton.jit
+def _intra_scores_kernel(
+    q, k, gcum, A, scale, T,
+    H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    SCALAR_GATE: tl.constexpr, ACC: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr,
+):
+    """A[b, t, h, s_local] = scale * sum_c q_tc k_sc e^{b_tc - b_sc} for s <= t in t's chunk, else 0.
+
+    One program = one query sub-block (BC rows) of one chunk, all BT columns of the chunk.
+    """
+    NC: tl.constexpr = BT // BC
+    ic = tl.program_id(0)
+    ibh = tl.program_id(1).to(tl.int64)
+    ib = ibh // H
+    ih = ibh % H
+    it = ic // NC
+    isub = ic % NC
+    t0 = it * BT
+    r0 = t0 + isub * BC
+    rl = isub * BC + tl.arange(0, BC)  # local row index within the chunk
+    cl = tl.arange(0, BT)  # local column index within the chunk
+    rows = t0 + rl
+    cols = t0 + cl
+    mr = rows < T
+    mc = cols < T
+    causal = (rl[:, None] >= cl[None, :]) & mr[:, None] & mc[None, :]
+    acc = tl.zeros([BC, BT], dtype=ACC)
+    if SCALAR_GATE:
+        for kb in range(0, tl.cdiv(K, BK)):
+            offs_k = kb * BK + tl.arange(0, BK)
+            mk = offs_k < K
+            q_i = tl.load(q + ((ib * T + rows[:, None]) * H + ih) * K + offs_k[None, :],
+                          mask=mr[:, None] & mk[None, :], other=0.0).to(ACC)
+            k_c = tl.load(k + ((ib * T + cols[:, None]) * H + ih) * K + offs_k[None, :],
+                          mask=mc[:, None] & mk[None, :], other=0.0).to(ACC)
+            acc += tl.dot(q_i.to(DOT), tl.trans(k_c.to(DOT)), input_precision=PREC, out_dtype=ACC)
+        g_r = tl.load(gcum + (ib * T + rows) * H + ih, mask=mr, other=0.0).to(ACC)
+        g_c = tl.load(gcum + (ib * T + cols) * H + ih, mask=mc, other=0.0).to(ACC)
+        acc = acc * tl.exp(tl.where(causal, g_r[:, None] - g_c[None, :], float("-inf")))
+    else:
+        for kb in range(0, tl.cdiv(K, BK)):
+            offs_k = kb * BK + tl.arange(0, BK)
+            mk = offs_k < K
+            m_rk = mr[:, None] & mk[None, :]
+            m_ck = mc[:, None] & mk[None, :]
+            q_i = tl.load(q + ((ib * T + rows[:, None]) * H + ih) * K + offs_k[None, :], mask=m_rk, other=0.0).to(ACC)
+            g_i = tl.load(gcum + ((ib * T + rows[:, None]) * H + ih) * K + offs_k[None, :], mask=m_rk, other=0.0).to(ACC)
+            k_c = tl.load(k + ((ib * T + cols[:, None]) * H + ih) * K + offs_k[None, :], mask=m_ck, other=0.0).to(ACC)
+            g_c = tl.load(gcum + ((ib * T + cols[:, None]) * H + ih) * K + offs_k[None, :], mask=m_ck, other=0.0).to(ACC)
+            # off-diagonal sub-blocks: reference = first row of the query sub-block
+            g_ref = tl.load(gcum + ((ib * T + tl.minimum(r0, T - 1)) * H + ih) * K + offs_k, mask=mk, other=0.0).to(ACC)
+            q_rel = q_i * tl.exp(tl.where(mr[:, None], g_i - g_ref[None, :], 0.0))
+            before = (cl < isub * BC) & mc
+            k_rel = k_c * tl.exp(tl.where(before[:, None], g_ref[None, :] - g_c, float("-inf")))
+            acc += tl.dot(q_rel.to(DOT), tl.trans(k_rel.to(DOT)), input_precision=PREC, out_dtype=ACC)
+            # diagonal sub-block, entry by entry
+            for j in range(BC):
+                s = r0 + j
+                ms = s < T
+                s_in = tl.minimum(s, T - 1)  # rows past T are excluded by `ok` below
+                k_j = tl.load(k + ((ib * T + s_in) * H + ih) * K + offs_k, mask=mk, other=0.0).to(ACC)
+                g_j = tl.load(gcum + ((ib * T + s_in) * H + ih) * K + offs_k, mask=mk, other=0.0).to(ACC)
+                ok = (rl >= isub * BC + j) & mr & ms
+                e = tl.exp(tl.where(ok[:, None], g_i - g_j[None, :], float("-inf")))
+                val = tl.sum(q_i * k_j[None, :] * e, axis=1)
+                acc = tl.where(cl[None, :] == isub * BC + j, acc + val[:, None], acc)
+    acc = acc * scale
+    tl.store(A + ((ib * T + rows[:, None]) * H + ih) * BT + cl[None, :], acc.to(A.dtype.element_ty), mask=mr[:, None])
+
+
+# --------------------------------------------------------------------------------------------
+# Forward: outputs
+# --------------------------------------------------------------------------------------------
+@triton.jit
+def _output_fwd_kernel(
+    q, v, gcum, h, A, o, scale, T, NT,
+    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
+    BK: tl.constexpr, BV: tl.constexpr,
+    SCALAR_GATE: tl.constexpr, ACC: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr,
+):
+    """o = scale * (Q * e^{b}) H_i + A V for one chunk and one Dv block."""
+    iv = tl.program_id(0)
+    it = tl.program_id(1)
+    ibh = tl.program_id(2).to(tl.int64)
+    ib = ibh // H
+    ih = ibh % H
+    t = it * BT + tl.arange(0, BT)
+    mt = t < T
+    offs_v = iv * BV + tl.arange(0, BV)
+    mv = offs_v < V
+    m_tv = mt[:, None] & mv[None, :]
+    acc = tl.zeros([BT, BV], dtype=ACC)
+    if SCALAR_GATE:
+        g = tl.load(gcum + (ib * T + t) * H + ih, mask=mt, other=0.0).to(ACC)
+    for kb in range(0, tl.cdiv(K, BK)):
+        offs_k = kb * BK + tl.arange(0, BK)
+        mk = offs_k < K
+        m_tk = mt[:, None] & mk[None, :]
+        q_blk = tl.load(q + ((ib * T + t[:, None]) * H + ih) * K + offs_k[None, :], mask=m_tk, other=0.0).to(ACC)
+        if SCALAR_GATE:
+            q_dec = q_blk * tl.exp(g)[:, None]
+        else:
+            g_blk = tl.load(gcum + ((ib * T + t[:, None]) * H + ih) * K + offs_k[None, :], mask=m_tk, other=0.0).to(ACC)
+            q_dec = q_blk * tl.exp(g_blk)
+        h_blk = tl.load(h + ((ib * NT + it) * H + ih) * K * V + offs_k[:, None] * V + offs_v[None, :],
+                        mask=mk[:, None] & mv[None, :], other=0.0)
+        acc += tl.dot(q_dec.to(DOT), h_blk.to(DOT), input_precision=PREC, out_dtype=ACC)
+    acc = acc * scale
+    cl = tl.arange(0, BT)
+    a_blk = tl.load(A + ((ib * T + t[:, None]) * H + ih) * BT + cl[None, :], mask=mt[:, None], other=0.0)
+    v_blk = tl.load(v + ((ib * T + t[:, None]) * H + ih) * V + offs_v[None, :], mask=m_tv, other=0.0)
+    acc += tl.dot(a_blk.to(DOT), v_blk.to(DOT), input_precision=PREC, out_dtype=ACC)
+    tl.store(o + ((ib * T + t[:, None]) * H + ih) * V + offs_v[None, :], acc.to(o.dtype.element_ty), mask=m_tv)
+
+
+# --------------------------------------------------------------------------------------------
+# Launch helpers
+# --------------------------------------------------------------------------------------------
+_TL_DTYPES = {torch.float32: tl.float32, torch.float64: tl.float64, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
+
+
+def _numerics(dtype: torch.dtype):
+    """(accumulation torch dtype, accumulation tl dtype, matmul operand tl dtype, tl.dot input_precision)."""
+    if dtype == torch.float64:
+        return torch.float64, tl.float64, tl.float64, "ieee"
+    if dtype == torch.float32:
+        return torch.float32, tl.float32, tl.float32, "ieee"
+    return torch.float32, tl.float32, _TL_DTYPES[dtype], None
+
+
+def _block(n: int, cap: int = 64) -> int:
+    """Power-of-2 tile covering n (masked), at least 16 (tl.dot minimum), at most cap."""
+    return max(16, min(cap, triton.next_power_of_2(n)))
+
+
+_TUNED = {}
+
+
+def _launch(kernel, grid, args, meta, tune_key, tune_space):
+    """Run `kernel` with fixed tiles `meta` under the interpreter; autotune over `tune_space` on GPU.
+
+    tune_space: list of dicts of tile sizes (plus num_warps); grid is a function of the meta dict.
+    """
+    if _interpreting() or not tune_space:
+        kernel[grid(meta)](*args, **meta)
+        return
+    name = (kernel.fn.__name__ if hasattr(kernel, "fn") else str(kernel), repr(tune_space))
+    tuned = _TUNED.get(name)
+    if tuned is None:
+        configs = []
+        for cfg in tune_space:
+            cfg = dict(cfg)
+            warps = cfg.pop("num_warps", 4)
+            stages = cfg.pop("num_stages", 2)
+            configs.append(triton.Config(cfg, num_warps=warps, num_stages=stages))
+        tuned = triton.autotune(configs=configs, key=tune_key)(kernel)
+        _TUNED[name] = tuned
+    fixed = {k: v for k, v in meta.items() if k not in tune_space[0]}
+    tuned[lambda m: grid({**meta, **m})](*args, **fixed)
+
+
+def _tile_space(K: int, V: int, keys=("BK", "BV")):
+    """Candidate tiles for GPU autotuning (each capped to the padded dims)."""
+    space = []
+    for bk in sorted({_block(K, 32), _block(K, 64)}):
+        for bv in sorted({_block(V, 32), _block(V, 64)}):
+            for warps in (4, 8):
+                cfg = {"num_warps": warps}
+                if "BK" in keys:
+                    cfg["BK"] = bk
+                if "BV" in keys:
+                    cfg["BV"] = bv
+                if cfg not in space:
+                    space.append(cfg)
+    return space
+
+
+# --------------------------------------------------------------------------------------------
+# Forward driver
+# --------------------------------------------------------------------------------------------
+def _chunk_local_cumsum(log_decay: torch.Tensor, chunk_size: int, acc_dtype: torch.dtype) -> torch.Tensor:
+    """b_t = sum of log-decays from the start of t's chunk to t (along dim 1), in acc_dtype."""
+    B, T = log_decay.shape[:2]
+    NT = triton.cdiv(T, chunk_size)
+    g = log_decay.to(acc_dtype)
+    pad = NT * chunk_size - T
+    if pad:
+        g = torch.cat([g, g.new_zeros((B, pad) + tuple(g.shape[2:]))], dim=1)
+    g = g.reshape((B, NT, chunk_size) + tuple(g.shape[2:])).cumsum(2)
+    return g.reshape((B, NT * chunk_size) + tuple(g.shape[3:]))[:, :T].contiguous()
+
+
+def _chunk_states(k, v, gcum, h0, chunk_size, store_final, scalar_gate):
+    """States at each chunk start [B, NT, H, K, V] (matmul dtype) and the final state (acc dtype)."""
+    B, T, H, K = k.shape
+    V = v.shape[-1]
+    NT = triton.cdiv(T, chunk_size)
+    acc_t, acc_tl, dot_tl, prec = _numerics(k.dtype)
+    h = k.new_empty((B, NT, H, K, V), dtype=k.dtype if k.dtype in (torch.bfloat16, torch.float16) else acc_t)
+    ht = k.new_empty((B, H, K, V), dtype=acc_t) if store_final else None
+    args = (k, v, gcum, h, h0 if h0 is not None else h, ht if ht is not None else h, T, NT)
+    meta = dict(H=H, K=K, V=V, BT=chunk_size, BK=_block(K), BV=_block(V), SCALAR_GATE=scalar_gate,
+                HAS_H0=h0 is not None, STORE_HT=store_final, ACC=acc_tl, DOT=dot_tl, PREC=prec)
+    grid = lambda m: (triton.cdiv(K, m["BK"]), triton.cdiv(V, m["BV"]), B * H)
+    _launch(_chunk_states_fwd_kernel, grid, args, meta, ["K", "V", "BT"], _tile_space(K, V))
+    return h, ht
+
+
+def _intra_scores(q, k, gcum, scale, chunk_size, scalar_gate):
+    """A [B, T, H, BT] (acc dtype): scaled, causally masked intra-chunk scores."""
+    B, T, H, K = q.shape
+    NT = triton.cdiv(T, chunk_size)
+    acc_t, acc_tl, dot_tl, prec = _numerics(q.dtype)
+    A = q.new_empty((B, T, H, chunk_size), dtype=acc_t)
+    meta = dict(H=H, K=K, BT=chunk_size, BC=SUB_CHUNK, BK=_block(K), SCALAR_GATE=scalar_gate,
+                ACC=acc_tl, DOT=dot_tl, PREC=prec)
+    grid = lambda m: (NT * (chunk_size // SUB_CHUNK), B * H)
+    _launch(_intra_scores_kernel, grid, (q, k, gcum, A, scale, T), meta, ["K", "BT"],
+            [c for c in _tile_space(K, 16, keys=("BK",))])
+    return A
+
+
+def _outputs(q, v, gcum, h, A, scale, chunk_size, scalar_gate):
+    B, T, H, K = q.shape
+    V = v.shape[-1]
+    NT = triton.cdiv(T, chunk_size)
+    _, acc_tl, dot_tl, prec = _numerics(q.dtype)
+    o = torch.empty_like(v)
+    meta = dict(H=H, K=K, V=V, BT=chunk_size, BK=_block(K), BV=_block(V), SCALAR_GATE=scalar_gate,
+                ACC=acc_tl, DOT=dot_tl, PREC=prec)
+    grid = lambda m: (triton.cdiv(V, m["BV"]), NT, B * H)
+    _launch(_output_fwd_kernel, grid, (q, v, gcum, h, A, o, scale, T, NT), meta, ["K", "V", "BT"], _tile_space(K, V))
+    return o
+
+
+def _check_chunk_size(chunk_size: int) -> None:
+    if chunk_size < SUB_CHUNK or chunk_size & (chunk_size - 1):
+        raise ValueError(
+            f"chunk_size={chunk_size} is not supported by the triton backend; expected a power of 2 >= {SUB_CHUNK}"
+        )
+
+
+class _ChunkGLA(torch.autograd.Function):
+    """Chunked GLA on [B, T, H, D] tensors (forward scan); gcum = chunk-local cumulative log-gates."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, log_decay, scale, initial_state, output_final_state, chunk_size):
+        scalar_gate = log_decay is None or log_decay.dim() == 3
+        acc_t = _numerics(q.dtype)[0]
+        if log_decay is None:
+            gcum = q.new_zeros(q.shape[:3], dtype=acc_t)
+        else:
+            gcum = _chunk_local_cumsum(log_decay, chunk_size, acc_t)
+        h0 = initial_state.contiguous() if initial_state is not None else None
+        h, ht = _chunk_states(k, v, gcum, h0, chunk_size, output_final_state, scalar_gate)
+        A = _intra_scores(q, k, gcum, scale, chunk_size, scalar_gate)
+        o = _outputs(q, v, gcum, h, A, scale, chunk_size, scalar_gate)
+        del h  # recomputed in backward (memory)
+        ctx.save_for_backward(q, k, v, gcum, h0, A, ht)
+        ctx.meta = (scale, chunk_size, scalar_gate, log_decay is not None,
+                    None if log_decay is None else log_decay.dtype,
+                    None if initial_state is None else initial_state.dtype)
+        ctx.set_materialize_grads(False)
+        return o, ht
+
+    @staticmethod
+    def backward(ctx, do, dht):
+        raise NotImplementedError("backward: in progress")
+
+
+def gla_triton(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    log_decay_k: Optional[torch.Tensor],
+    scale: float,
+    initial_state: Optional[torch.Tensor],
+    output_final_state: bool,
+    reverse: bool,
+    chunk_size: int,
+) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """Gated linear attention with the chunked Triton kernels (inputs validated by `gla`).
+
+    q, k [B, T, H, Dk]; v [B, T, H, Dv]; log_decay_k None | [B, T, H] | [B, T, H, Dk] (natural log, <= 0);
+    initial_state None | [B, H, Dk, Dv]. Returns (o [B, T, H, Dv] in q's dtype, final_state
+    [B, H, Dk, Dv] in float32 (float64 for float64 inputs) or None unless output_final_state).
+    reverse=True scans from the end: implemented by flipping along T around the forward scan.
+    """
+    _check_chunk_size(chunk_size)
+    if reverse:
+        q, k, v = (x.flip(1) for x in (q, k, v))
+        log_decay_k = None if log_decay_k is None else log_decay_k.flip(1)
+    q, k, v = (x.contiguous() for x in (q, k, v))
+    if log_decay_k is not None:
+        log_decay_k = log_decay_k.contiguous()
+    o, final_state = _ChunkGLA.apply(q, k, v, log_decay_k, float(scale), initial_state, bool(output_final_state), int(chunk_size))
+    if reverse:
+        o = o.flip(1)
+    return o, (final_state if output_final_state else None)
