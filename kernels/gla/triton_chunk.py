@@ -221,6 +221,241 @@ def _output_fwd_kernel(
 
 
 # --------------------------------------------------------------------------------------------
+# Backward: gradients of the chunk states (reverse pass)
+# --------------------------------------------------------------------------------------------
+@triton.jit
+def _chunk_dstates_kernel(
+    q, do, gcum, dh, dht, dh0, scale, T, NT,
+    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
+    BK: tl.constexpr, BV: tl.constexpr,
+    SCALAR_GATE: tl.constexpr, HAS_DHT: tl.constexpr, STORE_DH0: tl.constexpr,
+    ACC: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr,
+):
+    """dh[b, i, h] = dL/d(state after chunk i); dh0 = dL/d(initial state).
+
+    dH_i = diag(e^{Gamma_i}) dH_{i+1} + scale * (Q_i * e^{b})^T dO_i, starting from dL/d(final state).
+    """
+    ik = tl.program_id(0)
+    iv = tl.program_id(1)
+    ibh = tl.program_id(2).to(tl.int64)
+    ib = ibh // H
+    ih = ibh % H
+    offs_k = ik * BK + tl.arange(0, BK)
+    offs_v = iv * BV + tl.arange(0, BV)
+    mk = offs_k < K
+    mv = offs_v < V
+    mkv = mk[:, None] & mv[None, :]
+    kv_offs = offs_k[:, None] * V + offs_v[None, :]
+    dstate = tl.zeros([BK, BV], dtype=ACC)
+    if HAS_DHT:
+        dstate += tl.load(dht + ibh * K * V + kv_offs, mask=mkv, other=0.0).to(ACC)
+    for ii in range(NT):
+        i = NT - 1 - ii
+        tl.store(dh + ((ib * NT + i) * H + ih) * K * V + kv_offs, dstate.to(dh.dtype.element_ty), mask=mkv)
+        t = i * BT + tl.arange(0, BT)
+        mt = t < T
+        t_last = tl.minimum(i * BT + BT, T) - 1
+        q_blk = tl.load(q + ((ib * T + t[:, None]) * H + ih) * K + offs_k[None, :],
+                        mask=mt[:, None] & mk[None, :], other=0.0).to(ACC)
+        do_blk = tl.load(do + ((ib * T + t[:, None]) * H + ih) * V + offs_v[None, :],
+                         mask=mt[:, None] & mv[None, :], other=0.0).to(ACC)
+        if SCALAR_GATE:
+            g = tl.load(gcum + (ib * T + t) * H + ih, mask=mt, other=0.0).to(ACC)
+            g_last = tl.load(gcum + (ib * T + t_last) * H + ih).to(ACC)
+            q_dec = q_blk * tl.exp(g)[:, None]
+            dstate = dstate * tl.exp(g_last)
+        else:
+            g = tl.load(gcum + ((ib * T + t[:, None]) * H + ih) * K + offs_k[None, :],
+                        mask=mt[:, None] & mk[None, :], other=0.0).to(ACC)
+            g_last = tl.load(gcum + ((ib * T + t_last) * H + ih) * K + offs_k, mask=mk, other=0.0).to(ACC)
+            q_dec = q_blk * tl.exp(g)
+            dstate = dstate * tl.exp(g_last)[:, None]
+        dstate += scale * tl.dot(tl.trans(q_dec.to(DOT)), do_blk.to(DOT), input_precision=PREC, out_dtype=ACC)
+    if STORE_DH0:
+        tl.store(dh0 + ibh * K * V + kv_offs, dstate.to(dh0.dtype.element_ty), mask=mkv)
+
+
+# --------------------------------------------------------------------------------------------
+# Backward: gradient of the intra-chunk scores
+# --------------------------------------------------------------------------------------------
+@triton.jit
+def _intra_dscores_kernel(
+    do, v, dA, scale, T,
+    H: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BV: tl.constexpr,
+    ACC: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr,
+):
+    """dA[b, r, h, s_local] = scale * dO_r . v_s for s <= r in r's chunk, else 0."""
+    it = tl.program_id(0)
+    ibh = tl.program_id(1).to(tl.int64)
+    ib = ibh // H
+    ih = ibh % H
+    cl = tl.arange(0, BT)
+    t = it * BT + cl
+    mt = t < T
+    acc = tl.zeros([BT, BT], dtype=ACC)
+    for vb in range(0, tl.cdiv(V, BV)):
+        offs_v = vb * BV + tl.arange(0, BV)
+        m_tv = mt[:, None] & (offs_v < V)[None, :]
+        do_blk = tl.load(do + ((ib * T + t[:, None]) * H + ih) * V + offs_v[None, :], mask=m_tv, other=0.0).to(ACC)
+        v_blk = tl.load(v + ((ib * T + t[:, None]) * H + ih) * V + offs_v[None, :], mask=m_tv, other=0.0).to(ACC)
+        acc += tl.dot(do_blk.to(DOT), tl.trans(v_blk.to(DOT)), input_precision=PREC, out_dtype=ACC)
+    causal = (cl[:, None] >= cl[None, :]) & mt[:, None] & mt[None, :]
+    acc = tl.where(causal, acc * scale, 0.0)
+    tl.store(dA + ((ib * T + t[:, None]) * H + ih) * BT + cl[None, :], acc.to(dA.dtype.element_ty), mask=mt[:, None])
+
+
+# --------------------------------------------------------------------------------------------
+# Backward: dv
+# --------------------------------------------------------------------------------------------
+@triton.jit
+def _dv_kernel(
+    k, gcum, A, do, dh, dv, T, NT,
+    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
+    BK: tl.constexpr, BV: tl.constexpr,
+    SCALAR_GATE: tl.constexpr, ACC: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr,
+):
+    """dv = A^T dO + (K * e^{Gamma - b}) dH_{i+1} for one chunk and one Dv block."""
+    iv = tl.program_id(0)
+    it = tl.program_id(1)
+    ibh = tl.program_id(2).to(tl.int64)
+    ib = ibh // H
+    ih = ibh % H
+    cl = tl.arange(0, BT)
+    t = it * BT + cl
+    mt = t < T
+    t_last = tl.minimum(it * BT + BT, T) - 1
+    offs_v = iv * BV + tl.arange(0, BV)
+    mv = offs_v < V
+    m_tv = mt[:, None] & mv[None, :]
+    a_blk = tl.load(A + ((ib * T + t[:, None]) * H + ih) * BT + cl[None, :], mask=mt[:, None], other=0.0)
+    do_blk = tl.load(do + ((ib * T + t[:, None]) * H + ih) * V + offs_v[None, :], mask=m_tv, other=0.0)
+    acc = tl.dot(tl.trans(a_blk.to(DOT)), do_blk.to(DOT), input_precision=PREC, out_dtype=ACC)
+    if SCALAR_GATE:
+        g = tl.load(gcum + (ib * T + t) * H + ih, mask=mt, other=0.0).to(ACC)
+        g_last = tl.load(gcum + (ib * T + t_last) * H + ih).to(ACC)
+        k_scale = tl.exp(tl.where(mt, g_last - g, float("-inf")))
+    for kb in range(0, tl.cdiv(K, BK)):
+        offs_k = kb * BK + tl.arange(0, BK)
+        mk = offs_k < K
+        m_tk = mt[:, None] & mk[None, :]
+        k_blk = tl.load(k + ((ib * T + t[:, None]) * H + ih) * K + offs_k[None, :], mask=m_tk, other=0.0).to(ACC)
+        if SCALAR_GATE:
+            k_dec = k_blk * k_scale[:, None]
+        else:
+            g_blk = tl.load(gcum + ((ib * T + t[:, None]) * H + ih) * K + offs_k[None, :], mask=m_tk, other=0.0).to(ACC)
+            g_last_k = tl.load(gcum + ((ib * T + t_last) * H + ih) * K + offs_k, mask=mk, other=0.0).to(ACC)
+            k_dec = k_blk * tl.exp(tl.where(mt[:, None], g_last_k[None, :] - g_blk, float("-inf")))
+        dh_blk = tl.load(dh + ((ib * NT + it) * H + ih) * K * V + offs_k[:, None] * V + offs_v[None, :],
+                         mask=mk[:, None] & mv[None, :], other=0.0)
+        acc += tl.dot(k_dec.to(DOT), dh_blk.to(DOT), input_precision=PREC, out_dtype=ACC)
+    tl.store(dv + ((ib * T + t[:, None]) * H + ih) * V + offs_v[None, :], acc.to(dv.dtype.element_ty), mask=m_tv)
+
+
+# --------------------------------------------------------------------------------------------
+# Backward: dq, dk (secondary chunking, every exponent <= 0)
+# --------------------------------------------------------------------------------------------
+@triton.jit
+def _dqk_kernel(
+    q, k, v, gcum, h, dh, do, dA, dq, dk, scale, T, NT,
+    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr,
+    BK: tl.constexpr, BV: tl.constexpr,
+    SCALAR_GATE: tl.constexpr, ACC: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr,
+):
+    """dq, dk for one sub-block I (BC rows) of one chunk and one Dk block.
+
+    dq_r = scale e^{b_r} (H_i dO_r) + sum_{s<=r} dA_rs k_s e^{b_r - b_s}
+    dk_s = e^{Gamma - b_s} (dH_{i+1} v_s) + sum_{r>=s} dA_rs q_r e^{b_r - b_s}
+    """
+    NC: tl.constexpr = BT // BC
+    ik = tl.program_id(0)
+    ic = tl.program_id(1)
+    ibh = tl.program_id(2).to(tl.int64)
+    ib = ibh // H
+    ih = ibh % H
+    it = ic // NC
+    isub = ic % NC
+    t0 = it * BT
+    r0 = t0 + isub * BC
+    rl = isub * BC + tl.arange(0, BC)
+    cl = tl.arange(0, BT)
+    rows = t0 + rl
+    cols = t0 + cl
+    mr = rows < T
+    mc = cols < T
+    t_last = tl.minimum(t0 + BT, T) - 1
+    offs_k = ik * BK + tl.arange(0, BK)
+    mk = offs_k < K
+    m_rk = mr[:, None] & mk[None, :]
+    m_ck = mc[:, None] & mk[None, :]
+    # inter-chunk parts: dO_I H_i^T and v_I dH_{i+1}^T
+    dq_acc = tl.zeros([BC, BK], dtype=ACC)
+    dk_acc = tl.zeros([BC, BK], dtype=ACC)
+    for vb in range(0, tl.cdiv(V, BV)):
+        offs_v = vb * BV + tl.arange(0, BV)
+        mv = offs_v < V
+        m_rv = mr[:, None] & mv[None, :]
+        do_i = tl.load(do + ((ib * T + rows[:, None]) * H + ih) * V + offs_v[None, :], mask=m_rv, other=0.0)
+        v_i = tl.load(v + ((ib * T + rows[:, None]) * H + ih) * V + offs_v[None, :], mask=m_rv, other=0.0)
+        kv = ((ib * NT + it) * H + ih) * K * V + offs_k[:, None] * V + offs_v[None, :]
+        h_blk = tl.load(h + kv, mask=mk[:, None] & mv[None, :], other=0.0)
+        dh_blk = tl.load(dh + kv, mask=mk[:, None] & mv[None, :], other=0.0)
+        dq_acc += tl.dot(do_i.to(DOT), tl.trans(h_blk.to(DOT)), input_precision=PREC, out_dtype=ACC)
+        dk_acc += tl.dot(v_i.to(DOT), tl.trans(dh_blk.to(DOT)), input_precision=PREC, out_dtype=ACC)
+    q_c = tl.load(q + ((ib * T + cols[:, None]) * H + ih) * K + offs_k[None, :], mask=m_ck, other=0.0).to(ACC)
+    k_c = tl.load(k + ((ib * T + cols[:, None]) * H + ih) * K + offs_k[None, :], mask=m_ck, other=0.0).to(ACC)
+    # dA rows of sub-block I (all columns) and dA columns of sub-block I (all rows)
+    dA_r = tl.load(dA + ((ib * T + rows[:, None]) * H + ih) * BT + cl[None, :], mask=mr[:, None], other=0.0).to(ACC)
+    dA_c = tl.load(dA + ((ib * T + cols[:, None]) * H + ih) * BT + rl[None, :], mask=mc[:, None], other=0.0).to(ACC)
+    if SCALAR_GATE:
+        g_i = tl.load(gcum + (ib * T + rows) * H + ih, mask=mr, other=0.0).to(ACC)
+        g_c = tl.load(gcum + (ib * T + cols) * H + ih, mask=mc, other=0.0).to(ACC)
+        g_last = tl.load(gcum + (ib * T + t_last) * H + ih).to(ACC)
+        dq_acc = dq_acc * (scale * tl.exp(tl.where(mr, g_i, float("-inf"))))[:, None]
+        dk_acc = dk_acc * tl.exp(tl.where(mr, g_last - g_i, float("-inf")))[:, None]
+        causal_r = (rl[:, None] >= cl[None, :]) & mr[:, None] & mc[None, :]  # r in I, s in chunk
+        dA_r = dA_r * tl.exp(tl.where(causal_r, g_i[:, None] - g_c[None, :], float("-inf")))
+        dq_acc += tl.dot(dA_r.to(DOT), k_c.to(DOT), input_precision=PREC, out_dtype=ACC)
+        causal_c = (cl[:, None] >= rl[None, :]) & mc[:, None] & mr[None, :]  # r in chunk, s in I
+        dA_c = dA_c * tl.exp(tl.where(causal_c, g_c[:, None] - g_i[None, :], float("-inf")))
+        dk_acc += tl.dot(tl.trans(dA_c.to(DOT)), q_c.to(DOT), input_precision=PREC, out_dtype=ACC)
+    else:
+        g_i = tl.load(gcum + ((ib * T + rows[:, None]) * H + ih) * K + offs_k[None, :], mask=m_rk, other=0.0).to(ACC)
+        g_c = tl.load(gcum + ((ib * T + cols[:, None]) * H + ih) * K + offs_k[None, :], mask=m_ck, other=0.0).to(ACC)
+        g_last = tl.load(gcum + ((ib * T + t_last) * H + ih) * K + offs_k, mask=mk, other=0.0).to(ACC)
+        dq_acc = dq_acc * scale * tl.exp(tl.where(mr[:, None], g_i, float("-inf")))
+        dk_acc = dk_acc * tl.exp(tl.where(mr[:, None], g_last[None, :] - g_i, float("-inf")))
+        # dq, earlier sub-blocks: reference = first row of I
+        g_first = tl.load(gcum + ((ib * T + tl.minimum(r0, T - 1)) * H + ih) * K + offs_k, mask=mk, other=0.0).to(ACC)
+        before = (cl < isub * BC) & mc
+        k_rel = k_c * tl.exp(tl.where(before[:, None], g_first[None, :] - g_c, float("-inf")))
+        dq_off = tl.dot(dA_r.to(DOT), k_rel.to(DOT), input_precision=PREC, out_dtype=ACC)
+        dq_acc += dq_off * tl.exp(tl.where(mr[:, None], g_i - g_first[None, :], float("-inf")))
+        # dk, later sub-blocks: reference = last (valid) row of I
+        g_end = tl.load(gcum + ((ib * T + tl.minimum(r0 + BC - 1, T - 1)) * H + ih) * K + offs_k, mask=mk, other=0.0).to(ACC)
+        after = (cl >= isub * BC + BC) & mc
+        q_rel = q_c * tl.exp(tl.where(after[:, None], g_c - g_end[None, :], float("-inf")))
+        dk_off = tl.dot(tl.trans(dA_c.to(DOT)), q_rel.to(DOT), input_precision=PREC, out_dtype=ACC)
+        dk_acc += dk_off * tl.exp(tl.where(mr[:, None], g_end[None, :] - g_i, float("-inf")))
+        # diagonal sub-block, entry by entry
+        for j in range(BC):
+            s = r0 + j
+            s_in = tl.minimum(s, T - 1)  # a row past T is excluded by the masks below
+            k_j = tl.load(k + ((ib * T + s_in) * H + ih) * K + offs_k, mask=mk, other=0.0).to(ACC)
+            q_j = tl.load(q + ((ib * T + s_in) * H + ih) * K + offs_k, mask=mk, other=0.0).to(ACC)
+            g_j = tl.load(gcum + ((ib * T + s_in) * H + ih) * K + offs_k, mask=mk, other=0.0).to(ACC)
+            jl = isub * BC + j
+            dA_col = tl.sum(tl.where(cl[None, :] == jl, dA_r, 0.0), axis=1)  # dA[r, j], r in I
+            dA_row = tl.sum(tl.where(cl[:, None] == jl, dA_c, 0.0), axis=0)  # dA[j, s], s in I
+            ok_q = (rl >= jl) & mr & (s < T)
+            ok_k = (rl <= jl) & mr & (s < T)
+            dq_acc += dA_col[:, None] * k_j[None, :] * tl.exp(tl.where(ok_q[:, None], g_i - g_j[None, :], float("-inf")))
+            dk_acc += dA_row[:, None] * q_j[None, :] * tl.exp(tl.where(ok_k[:, None], g_j[None, :] - g_i, float("-inf")))
+    out = ((ib * T + rows[:, None]) * H + ih) * K + offs_k[None, :]
+    tl.store(dq + out, dq_acc.to(dq.dtype.element_ty), mask=m_rk)
+    tl.store(dk + out, dk_acc.to(dk.dtype.element_ty), mask=m_rk)
+
+
+# --------------------------------------------------------------------------------------------
 # Launch helpers
 # --------------------------------------------------------------------------------------------
 _TL_DTYPES = {torch.float32: tl.float32, torch.float64: tl.float64, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
@@ -340,6 +575,62 @@ def _outputs(q, v, gcum, h, A, scale, chunk_size, scalar_gate):
     return o
 
 
+def _chunk_dstates(q, do, gcum, dht, scale, chunk_size, need_dh0, dh0_dtype, scalar_gate):
+    """dL/d(state after each chunk) [B, NT, H, K, V] (matmul dtype) and dL/d(initial state)."""
+    B, T, H, K = q.shape
+    V = do.shape[-1]
+    NT = triton.cdiv(T, chunk_size)
+    acc_t, acc_tl, dot_tl, prec = _numerics(q.dtype)
+    dh = q.new_empty((B, NT, H, K, V), dtype=q.dtype if q.dtype in (torch.bfloat16, torch.float16) else acc_t)
+    dh0 = q.new_empty((B, H, K, V), dtype=dh0_dtype) if need_dh0 else None
+    args = (q, do, gcum, dh, dht if dht is not None else dh, dh0 if dh0 is not None else dh, scale, T, NT)
+    meta = dict(H=H, K=K, V=V, BT=chunk_size, BK=_block(K), BV=_block(V), SCALAR_GATE=scalar_gate,
+                HAS_DHT=dht is not None, STORE_DH0=need_dh0, ACC=acc_tl, DOT=dot_tl, PREC=prec)
+    grid = lambda m: (triton.cdiv(K, m["BK"]), triton.cdiv(V, m["BV"]), B * H)
+    _launch(_chunk_dstates_kernel, grid, args, meta, ["K", "V", "BT"], _tile_space(K, V))
+    return dh, dh0
+
+
+def _intra_dscores(do, v, scale, chunk_size):
+    B, T, H, V = v.shape
+    NT = triton.cdiv(T, chunk_size)
+    acc_t, acc_tl, dot_tl, prec = _numerics(v.dtype)
+    dA = v.new_empty((B, T, H, chunk_size), dtype=acc_t)
+    meta = dict(H=H, V=V, BT=chunk_size, BV=_block(V), ACC=acc_tl, DOT=dot_tl, PREC=prec)
+    grid = lambda m: (NT, B * H)
+    _launch(_intra_dscores_kernel, grid, (do, v, dA, scale, T), meta, ["V", "BT"], _tile_space(16, V, keys=("BV",)))
+    return dA
+
+
+def _dv(k, gcum, A, do, dh, chunk_size, scalar_gate):
+    B, T, H, K = k.shape
+    V = do.shape[-1]
+    NT = triton.cdiv(T, chunk_size)
+    _, acc_tl, dot_tl, prec = _numerics(k.dtype)
+    dv = torch.empty_like(do)
+    meta = dict(H=H, K=K, V=V, BT=chunk_size, BK=_block(K), BV=_block(V), SCALAR_GATE=scalar_gate,
+                ACC=acc_tl, DOT=dot_tl, PREC=prec)
+    grid = lambda m: (triton.cdiv(V, m["BV"]), NT, B * H)
+    _launch(_dv_kernel, grid, (k, gcum, A, do, dh, dv, T, NT), meta, ["K", "V", "BT"], _tile_space(K, V))
+    return dv
+
+
+def _dqk(q, k, v, gcum, h, dh, do, dA, scale, chunk_size, scalar_gate):
+    """dq, dk in the accumulation dtype (the gate gradient needs them before rounding)."""
+    B, T, H, K = q.shape
+    V = v.shape[-1]
+    NT = triton.cdiv(T, chunk_size)
+    acc_t, acc_tl, dot_tl, prec = _numerics(q.dtype)
+    dq = q.new_empty(q.shape, dtype=acc_t)
+    dk = q.new_empty(q.shape, dtype=acc_t)
+    meta = dict(H=H, K=K, V=V, BT=chunk_size, BC=SUB_CHUNK, BK=_block(K), BV=_block(V),
+                SCALAR_GATE=scalar_gate, ACC=acc_tl, DOT=dot_tl, PREC=prec)
+    grid = lambda m: (triton.cdiv(K, m["BK"]), NT * (chunk_size // SUB_CHUNK), B * H)
+    _launch(_dqk_kernel, grid, (q, k, v, gcum, h, dh, do, dA, dq, dk, scale, T, NT), meta, ["K", "V", "BT"],
+            _tile_space(K, V))
+    return dq, dk
+
+
 def _check_chunk_size(chunk_size: int) -> None:
     if chunk_size < SUB_CHUNK or chunk_size & (chunk_size - 1):
         raise ValueError(
@@ -372,7 +663,26 @@ class _ChunkGLA(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, do, dht):
-        raise NotImplementedError("backward: in progress")
+        q, k, v, gcum, h0, A, ht = ctx.saved_tensors
+        scale, chunk_size, scalar_gate, has_gate, gate_dtype, h0_dtype = ctx.meta
+        do = torch.zeros_like(v) if do is None else do.contiguous()
+        dht = None if dht is None else dht.contiguous()
+        h, _ = _chunk_states(k, v, gcum, h0, chunk_size, False, scalar_gate)
+        dh, dh0 = _chunk_dstates(q, do, gcum, dht, scale, chunk_size, h0 is not None and ctx.needs_input_grad[5],
+                                 h0_dtype, scalar_gate)
+        dA = _intra_dscores(do, v, scale, chunk_size)
+        dv = _dv(k, gcum, A, do, dh, chunk_size, scalar_gate)
+        dq, dk = _dqk(q, k, v, gcum, h, dh, do, dA, scale, chunk_size, scalar_gate)
+        dlog_decay = None
+        if has_gate and ctx.needs_input_grad[3]:
+            # dL/dB_t = q_t dq_t - k_t dk_t (+ S_T * dS_T at the last step); dL/dg = reverse cumsum over T
+            dB = q.to(dq.dtype) * dq - k.to(dk.dtype) * dk
+            if dht is not None:
+                dB[:, -1] += (ht * dht.to(ht.dtype)).sum(-1)
+            if scalar_gate:
+                dB = dB.sum(-1)
+            dlog_decay = dB.flip(1).cumsum(1).flip(1).to(gate_dtype)
+        return dq.to(q.dtype), dk.to(k.dtype), dv, dlog_decay, None, dh0, None, None
 
 
 def gla_triton(

@@ -84,6 +84,65 @@ def test_forward_very_strong_gates_stay_finite():
     assert_rel_close(o, ro, 1e-5, "output")
 
 
+def _grads(fn, inputs, weights):
+    """Gradients of sum(o * w_o) + sum(S_T * w_S) w.r.t. the given inputs (None entries skipped)."""
+    leaves = [None if x is None else x.detach().clone().requires_grad_() for x in inputs]
+    o, ht = fn(*leaves)
+    loss = (o * weights[0].to(o.dtype)).sum()
+    if ht is not None and weights[1] is not None:
+        loss = loss + (ht * weights[1].to(ht.dtype)).sum()
+    loss.backward()
+    return [None if x is None else x.grad for x in leaves]
+
+
+def _check_grads(dtype, gate, reverse, T, K, V, chunk_size, with_state, strength=5.0):
+    q, k, v, g, h0 = make_inputs(dtype, gate, T=T, K=K, V=V, strength=strength)
+    h0 = h0 if with_state else None
+    gen = torch.Generator().manual_seed(1)
+    w_o = torch.randn(q.shape[:3] + (V,), generator=gen, dtype=torch.float64)
+    w_s = torch.randn(1, 2, K, V, generator=gen, dtype=torch.float64) if with_state else None
+    ours = _grads(lambda q, k, v, g, h0: gla_triton(q, k, v, g, 0.7, h0, with_state, reverse, chunk_size),
+                  (q, k, v, g, h0), (w_o, w_s))
+    ref = _grads(lambda q, k, v, g, h0: reference_gla(q, k, v, g, 0.7, h0, reverse),
+                 tuple(None if x is None else x.double() for x in (q, k, v, g, h0)), (w_o, w_s))
+    for name, a, b in zip(("dq", "dk", "dv", "dlog_decay_k", "dinitial_state"), ours, ref):
+        assert (a is None) == (b is None), name
+        if a is not None:
+            assert a.dtype == (q.dtype if name != "dinitial_state" else h0.dtype), name
+            assert_rel_close(a, b, TOL[dtype], name)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("gate", GATES)
+@pytest.mark.parametrize("reverse", [False, True])
+def test_gradients_match_token_loop(dtype, gate, reverse):
+    # dq, dk, dv, d log_decay_k (incl. the final-state term), d initial_state; gradient flows into final_state
+    _check_grads(dtype, gate, reverse, T=40, K=5, V=3, chunk_size=32, with_state=True)
+
+
+@pytest.mark.parametrize("gate", ["scalar", "channel"])
+def test_gradients_chunk16_without_states(gate):
+    # several chunks (T=37, chunk 16), no initial / final state, Dk=8, Dv=4
+    _check_grads(torch.float64, gate, False, T=37, K=8, V=4, chunk_size=16, with_state=False)
+
+
+def test_gradients_very_strong_gates_stay_finite():
+    _check_grads(torch.float32, "channel", False, T=40, K=5, V=3, chunk_size=32, with_state=True, strength=30.0)
+
+
+def test_gradient_through_final_state_only():
+    # the output is unused: the backward gets no output gradient, only dL/dS_T
+    q, k, v, g, h0 = make_inputs(torch.float64, "channel", T=20)
+    leaves = [x.clone().requires_grad_() for x in (q, k, v, g, h0)]
+    _, ht = gla_triton(*leaves[:4], 1.0, leaves[4], True, False, 16)
+    ht.pow(2).sum().backward()
+    ref = [x.clone().requires_grad_() for x in (q, k, v, g, h0)]
+    reference_gla(*ref[:4], 1.0, ref[4], False)[1].pow(2).sum().backward()
+    assert ref[0].grad is None and torch.equal(leaves[0].grad, torch.zeros_like(q))  # q does not reach S_T
+    for a, b in zip(leaves[1:], ref[1:]):
+        assert_rel_close(a.grad, b.grad, 1e-10, "gradient via final state")
+
+
 @pytest.mark.parametrize("chunk_size", [8, 24])
 def test_bad_chunk_size_raises(chunk_size):
     q, k, v, g, _ = make_inputs(torch.float32, None, T=8)
@@ -105,3 +164,20 @@ def test_gpu_bf16_forward_close_to_float32(gate, reverse):
     ro, rS = reference_gla(*(None if x is None else x.float().cpu() for x in (q, k, v, g)), 64 ** -0.5, h0.cpu(), reverse)
     assert rel_rms_err(o.float().cpu(), ro) <= 1e-2
     assert rel_rms_err(ht.float().cpu(), rS) <= 1e-2
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("gate", GATES)
+def test_gpu_bf16_gradients_close_to_float32(gate):
+    q, k, v, g, h0 = make_inputs(torch.bfloat16, gate, B=2, T=300, H=3, K=64, V=48, strength=1.0, device="cuda")
+    gen = torch.Generator().manual_seed(1)
+    w_o = torch.randn(q.shape[:3] + (48,), generator=gen)
+    w_s = torch.randn(h0.shape, generator=gen)
+    ours = _grads(lambda q, k, v, g, h0: gla_triton(q, k, v, g, 64 ** -0.5, h0, True, False, 64),
+                  (q, k, v, g, h0), (w_o.cuda(), w_s.cuda()))
+    ref = _grads(lambda q, k, v, g, h0: reference_gla(q, k, v, g, 64 ** -0.5, h0, False),
+                 tuple(None if x is None else x.float().cpu() for x in (q, k, v, g, h0)), (w_o, w_s))
+    for name, a, b in zip(("dq", "dk", "dv", "dlog_decay_k", "dinitial_state"), ours, ref):
+        if b is not None:
+            assert rel_rms_err(a.float().cpu(), b) <= 1e-2, name
