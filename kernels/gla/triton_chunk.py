@@ -52,6 +52,36 @@ def _interpreting() -> bool:
 
 
 # --------------------------------------------------------------------------------------------
+# Tile helpers: one (batch, head) slice of a [B, T, H, D] tensor is a [T, D] matrix with row
+# stride H*D. `base` already points at the slice (int64 offset); offsets inside it fit in int32.
+# Masked loads (zero fill) handle T and D that are not tile multiples.
+# (Triton 3.9 removed block pointers; tensor descriptors need 16-byte aligned strides, odd D is not.)
+# --------------------------------------------------------------------------------------------
+@triton.jit
+def _load_tile(base, T, D: tl.constexpr, row_stride: tl.constexpr, t0, d0, BR: tl.constexpr, BD: tl.constexpr):
+    """Rows t0..t0+BR, columns d0..d0+BD of a [T, D] slice, zero-padded: [BR, BD]."""
+    r = t0 + tl.arange(0, BR)
+    c = d0 + tl.arange(0, BD)
+    return tl.load(base + r[:, None] * row_stride + c[None, :], mask=(r[:, None] < T) & (c[None, :] < D), other=0.0)
+
+
+@triton.jit
+def _load_tile_t(base, T, D: tl.constexpr, row_stride: tl.constexpr, t0, d0, BR: tl.constexpr, BD: tl.constexpr):
+    """The same tile transposed: [BD, BR]."""
+    r = t0 + tl.arange(0, BR)
+    c = d0 + tl.arange(0, BD)
+    return tl.load(base + c[:, None] + r[None, :] * row_stride, mask=(c[:, None] < D) & (r[None, :] < T), other=0.0)
+
+
+@triton.jit
+def _store_tile(base, x, T, D: tl.constexpr, row_stride: tl.constexpr, t0, d0, BR: tl.constexpr, BD: tl.constexpr):
+    r = t0 + tl.arange(0, BR)
+    c = d0 + tl.arange(0, BD)
+    tl.store(base + r[:, None] * row_stride + c[None, :], x.to(base.dtype.element_ty),
+             mask=(r[:, None] < T) & (c[None, :] < D))
+
+
+# --------------------------------------------------------------------------------------------
 # Forward: chunk states
 # --------------------------------------------------------------------------------------------
 @triton.jit
@@ -68,38 +98,33 @@ def _chunk_states_fwd_kernel(
     ibh = tl.program_id(2).to(tl.int64)
     ib = ibh // H
     ih = ibh % H
+    k += (ib * T * H + ih) * K
+    v += (ib * T * H + ih) * V
     offs_k = ik * BK + tl.arange(0, BK)
-    offs_v = iv * BV + tl.arange(0, BV)
     mk = offs_k < K
-    mv = offs_v < V
-    mkv = mk[:, None] & mv[None, :]
-    kv_offs = offs_k[:, None] * V + offs_v[None, :]
     state = tl.zeros([BK, BV], dtype=ACC)
     if HAS_H0:
-        state += tl.load(h0 + ibh * K * V + kv_offs, mask=mkv, other=0.0).to(ACC)
+        state += _load_tile(h0 + ibh * K * V, K, V, V, ik * BK, iv * BV, BK, BV).to(ACC)
     for i in range(NT):
-        tl.store(h + ((ib * NT + i) * H + ih) * K * V + kv_offs, state.to(h.dtype.element_ty), mask=mkv)
+        _store_tile(h + ((ib * NT + i) * H + ih) * K * V, state, K, V, V, ik * BK, iv * BV, BK, BV)
         t = i * BT + tl.arange(0, BT)
-        mt = t < T
         t_last = tl.minimum(i * BT + BT, T) - 1
-        k_blk = tl.load(k + ((ib * T + t[:, None]) * H + ih) * K + offs_k[None, :],
-                        mask=mt[:, None] & mk[None, :], other=0.0).to(ACC)
-        v_blk = tl.load(v + ((ib * T + t[:, None]) * H + ih) * V + offs_v[None, :],
-                        mask=mt[:, None] & mv[None, :], other=0.0).to(ACC)
+        k_t = _load_tile_t(k, T, K, H * K, i * BT, ik * BK, BT, BK).to(ACC)  # [BK, BT]
+        v_blk = _load_tile(v, T, V, H * V, i * BT, iv * BV, BT, BV)
+        # padded rows load k = 0 and g = 0, so e^{Gamma - 0} <= 1 stays finite
         if SCALAR_GATE:
-            g = tl.load(gcum + (ib * T + t) * H + ih, mask=mt, other=0.0).to(ACC)
+            g = tl.load(gcum + (ib * T + t) * H + ih, mask=t < T, other=0.0).to(ACC)
             g_last = tl.load(gcum + (ib * T + t_last) * H + ih).to(ACC)
-            k_dec = k_blk * tl.exp(tl.where(mt, g_last - g, float("-inf")))[:, None]
+            k_t = k_t * tl.exp(g_last - g)[None, :]
             state = state * tl.exp(g_last)
         else:
-            g = tl.load(gcum + ((ib * T + t[:, None]) * H + ih) * K + offs_k[None, :],
-                        mask=mt[:, None] & mk[None, :], other=0.0).to(ACC)
+            g_t = _load_tile_t(gcum + (ib * T * H + ih) * K, T, K, H * K, i * BT, ik * BK, BT, BK).to(ACC)
             g_last = tl.load(gcum + ((ib * T + t_last) * H + ih) * K + offs_k, mask=mk, other=0.0).to(ACC)
-            k_dec = k_blk * tl.exp(tl.where(mt[:, None], g_last[None, :] - g, float("-inf")))
+            k_t = k_t * tl.exp(g_last[:, None] - g_t)
             state = state * tl.exp(g_last)[:, None]
-        state += tl.dot(tl.trans(k_dec.to(DOT)), v_blk.to(DOT), input_precision=PREC, out_dtype=ACC)
+        state += tl.dot(k_t.to(DOT), v_blk.to(DOT), input_precision=PREC, out_dtype=ACC)
     if STORE_HT:
-        tl.store(ht + ibh * K * V + kv_offs, state.to(ht.dtype.element_ty), mask=mkv)
+        _store_tile(ht + ibh * K * V, state, K, V, V, ik * BK, iv * BV, BK, BV)
 
 
 # --------------------------------------------------------------------------------------------
@@ -124,55 +149,48 @@ def _intra_scores_kernel(
     isub = ic % NC
     t0 = it * BT
     r0 = t0 + isub * BC
+    q += (ib * T * H + ih) * K
+    k += (ib * T * H + ih) * K
+    g_base = gcum + (ib * T * H + ih) * K
     rl = isub * BC + tl.arange(0, BC)  # local row index within the chunk
     cl = tl.arange(0, BT)  # local column index within the chunk
-    rows = t0 + rl
-    cols = t0 + cl
-    mr = rows < T
-    mc = cols < T
+    mr = t0 + rl < T
+    mc = t0 + cl < T
     causal = (rl[:, None] >= cl[None, :]) & mr[:, None] & mc[None, :]
     acc = tl.zeros([BC, BT], dtype=ACC)
     if SCALAR_GATE:
         for kb in range(0, tl.cdiv(K, BK)):
-            offs_k = kb * BK + tl.arange(0, BK)
-            mk = offs_k < K
-            q_i = tl.load(q + ((ib * T + rows[:, None]) * H + ih) * K + offs_k[None, :],
-                          mask=mr[:, None] & mk[None, :], other=0.0).to(ACC)
-            k_c = tl.load(k + ((ib * T + cols[:, None]) * H + ih) * K + offs_k[None, :],
-                          mask=mc[:, None] & mk[None, :], other=0.0).to(ACC)
-            acc += tl.dot(q_i.to(DOT), tl.trans(k_c.to(DOT)), input_precision=PREC, out_dtype=ACC)
-        g_r = tl.load(gcum + (ib * T + rows) * H + ih, mask=mr, other=0.0).to(ACC)
-        g_c = tl.load(gcum + (ib * T + cols) * H + ih, mask=mc, other=0.0).to(ACC)
+            q_i = _load_tile(q, T, K, H * K, r0, kb * BK, BC, BK)
+            k_t = _load_tile_t(k, T, K, H * K, t0, kb * BK, BT, BK)
+            acc += tl.dot(q_i.to(DOT), k_t.to(DOT), input_precision=PREC, out_dtype=ACC)
+        g_r = tl.load(gcum + (ib * T + t0 + rl) * H + ih, mask=mr, other=0.0).to(ACC)
+        g_c = tl.load(gcum + (ib * T + t0 + cl) * H + ih, mask=mc, other=0.0).to(ACC)
         acc = acc * tl.exp(tl.where(causal, g_r[:, None] - g_c[None, :], float("-inf")))
     else:
+        before = (cl < isub * BC) & mc
         for kb in range(0, tl.cdiv(K, BK)):
             offs_k = kb * BK + tl.arange(0, BK)
             mk = offs_k < K
-            m_rk = mr[:, None] & mk[None, :]
-            m_ck = mc[:, None] & mk[None, :]
-            q_i = tl.load(q + ((ib * T + rows[:, None]) * H + ih) * K + offs_k[None, :], mask=m_rk, other=0.0).to(ACC)
-            g_i = tl.load(gcum + ((ib * T + rows[:, None]) * H + ih) * K + offs_k[None, :], mask=m_rk, other=0.0).to(ACC)
-            k_c = tl.load(k + ((ib * T + cols[:, None]) * H + ih) * K + offs_k[None, :], mask=m_ck, other=0.0).to(ACC)
-            g_c = tl.load(gcum + ((ib * T + cols[:, None]) * H + ih) * K + offs_k[None, :], mask=m_ck, other=0.0).to(ACC)
+            q_i = _load_tile(q, T, K, H * K, r0, kb * BK, BC, BK).to(ACC)
+            g_i = _load_tile(g_base, T, K, H * K, r0, kb * BK, BC, BK).to(ACC)
+            k_t = _load_tile_t(k, T, K, H * K, t0, kb * BK, BT, BK).to(ACC)
+            g_t = _load_tile_t(g_base, T, K, H * K, t0, kb * BK, BT, BK).to(ACC)
             # off-diagonal sub-blocks: reference = first row of the query sub-block
-            g_ref = tl.load(gcum + ((ib * T + tl.minimum(r0, T - 1)) * H + ih) * K + offs_k, mask=mk, other=0.0).to(ACC)
+            g_ref = tl.load(g_base + tl.minimum(r0, T - 1) * H * K + offs_k, mask=mk, other=0.0).to(ACC)
             q_rel = q_i * tl.exp(tl.where(mr[:, None], g_i - g_ref[None, :], 0.0))
-            before = (cl < isub * BC) & mc
-            k_rel = k_c * tl.exp(tl.where(before[:, None], g_ref[None, :] - g_c, float("-inf")))
-            acc += tl.dot(q_rel.to(DOT), tl.trans(k_rel.to(DOT)), input_precision=PREC, out_dtype=ACC)
+            k_rel = k_t * tl.exp(tl.where(before[None, :], g_ref[:, None] - g_t, float("-inf")))
+            acc += tl.dot(q_rel.to(DOT), k_rel.to(DOT), input_precision=PREC, out_dtype=ACC)
             # diagonal sub-block, entry by entry
             for j in range(BC):
                 s = r0 + j
-                ms = s < T
-                s_in = tl.minimum(s, T - 1)  # rows past T are excluded by `ok` below
-                k_j = tl.load(k + ((ib * T + s_in) * H + ih) * K + offs_k, mask=mk, other=0.0).to(ACC)
-                g_j = tl.load(gcum + ((ib * T + s_in) * H + ih) * K + offs_k, mask=mk, other=0.0).to(ACC)
-                ok = (rl >= isub * BC + j) & mr & ms
+                s_in = tl.minimum(s, T - 1)  # a row past T is excluded by `ok` below
+                k_j = tl.load(k + s_in * H * K + offs_k, mask=mk, other=0.0).to(ACC)
+                g_j = tl.load(g_base + s_in * H * K + offs_k, mask=mk, other=0.0).to(ACC)
+                ok = (rl >= isub * BC + j) & mr & (s < T)
                 e = tl.exp(tl.where(ok[:, None], g_i - g_j[None, :], float("-inf")))
                 val = tl.sum(q_i * k_j[None, :] * e, axis=1)
                 acc = tl.where(cl[None, :] == isub * BC + j, acc + val[:, None], acc)
-    acc = acc * scale
-    tl.store(A + ((ib * T + rows[:, None]) * H + ih) * BT + cl[None, :], acc.to(A.dtype.element_ty), mask=mr[:, None])
+    _store_tile(A + (ib * T * H + ih) * BT, acc * scale, T, BT, H * BT, r0, 0, BC, BT)
 
 
 # --------------------------------------------------------------------------------------------
@@ -191,33 +209,25 @@ def _output_fwd_kernel(
     ibh = tl.program_id(2).to(tl.int64)
     ib = ibh // H
     ih = ibh % H
-    t = it * BT + tl.arange(0, BT)
-    mt = t < T
-    offs_v = iv * BV + tl.arange(0, BV)
-    mv = offs_v < V
-    m_tv = mt[:, None] & mv[None, :]
+    t0 = it * BT
+    t = t0 + tl.arange(0, BT)
     acc = tl.zeros([BT, BV], dtype=ACC)
     if SCALAR_GATE:
-        g = tl.load(gcum + (ib * T + t) * H + ih, mask=mt, other=0.0).to(ACC)
+        g = tl.load(gcum + (ib * T + t) * H + ih, mask=t < T, other=0.0).to(ACC)
     for kb in range(0, tl.cdiv(K, BK)):
-        offs_k = kb * BK + tl.arange(0, BK)
-        mk = offs_k < K
-        m_tk = mt[:, None] & mk[None, :]
-        q_blk = tl.load(q + ((ib * T + t[:, None]) * H + ih) * K + offs_k[None, :], mask=m_tk, other=0.0).to(ACC)
+        q_blk = _load_tile(q + (ib * T * H + ih) * K, T, K, H * K, t0, kb * BK, BT, BK).to(ACC)
         if SCALAR_GATE:
             q_dec = q_blk * tl.exp(g)[:, None]
         else:
-            g_blk = tl.load(gcum + ((ib * T + t[:, None]) * H + ih) * K + offs_k[None, :], mask=m_tk, other=0.0).to(ACC)
+            g_blk = _load_tile(gcum + (ib * T * H + ih) * K, T, K, H * K, t0, kb * BK, BT, BK).to(ACC)
             q_dec = q_blk * tl.exp(g_blk)
-        h_blk = tl.load(h + ((ib * NT + it) * H + ih) * K * V + offs_k[:, None] * V + offs_v[None, :],
-                        mask=mk[:, None] & mv[None, :], other=0.0)
+        h_blk = _load_tile(h + ((ib * NT + it) * H + ih) * K * V, K, V, V, kb * BK, iv * BV, BK, BV)
         acc += tl.dot(q_dec.to(DOT), h_blk.to(DOT), input_precision=PREC, out_dtype=ACC)
     acc = acc * scale
-    cl = tl.arange(0, BT)
-    a_blk = tl.load(A + ((ib * T + t[:, None]) * H + ih) * BT + cl[None, :], mask=mt[:, None], other=0.0)
-    v_blk = tl.load(v + ((ib * T + t[:, None]) * H + ih) * V + offs_v[None, :], mask=m_tv, other=0.0)
+    a_blk = _load_tile(A + (ib * T * H + ih) * BT, T, BT, H * BT, t0, 0, BT, BT)
+    v_blk = _load_tile(v + (ib * T * H + ih) * V, T, V, H * V, t0, iv * BV, BT, BV)
     acc += tl.dot(a_blk.to(DOT), v_blk.to(DOT), input_precision=PREC, out_dtype=ACC)
-    tl.store(o + ((ib * T + t[:, None]) * H + ih) * V + offs_v[None, :], acc.to(o.dtype.element_ty), mask=m_tv)
+    _store_tile(o + (ib * T * H + ih) * V, acc, T, V, H * V, t0, iv * BV, BT, BV)
 
 
 # --------------------------------------------------------------------------------------------
@@ -240,39 +250,33 @@ def _chunk_dstates_kernel(
     ibh = tl.program_id(2).to(tl.int64)
     ib = ibh // H
     ih = ibh % H
+    q += (ib * T * H + ih) * K
+    do += (ib * T * H + ih) * V
     offs_k = ik * BK + tl.arange(0, BK)
-    offs_v = iv * BV + tl.arange(0, BV)
     mk = offs_k < K
-    mv = offs_v < V
-    mkv = mk[:, None] & mv[None, :]
-    kv_offs = offs_k[:, None] * V + offs_v[None, :]
     dstate = tl.zeros([BK, BV], dtype=ACC)
     if HAS_DHT:
-        dstate += tl.load(dht + ibh * K * V + kv_offs, mask=mkv, other=0.0).to(ACC)
+        dstate += _load_tile(dht + ibh * K * V, K, V, V, ik * BK, iv * BV, BK, BV).to(ACC)
     for ii in range(NT):
         i = NT - 1 - ii
-        tl.store(dh + ((ib * NT + i) * H + ih) * K * V + kv_offs, dstate.to(dh.dtype.element_ty), mask=mkv)
+        _store_tile(dh + ((ib * NT + i) * H + ih) * K * V, dstate, K, V, V, ik * BK, iv * BV, BK, BV)
         t = i * BT + tl.arange(0, BT)
-        mt = t < T
         t_last = tl.minimum(i * BT + BT, T) - 1
-        q_blk = tl.load(q + ((ib * T + t[:, None]) * H + ih) * K + offs_k[None, :],
-                        mask=mt[:, None] & mk[None, :], other=0.0).to(ACC)
-        do_blk = tl.load(do + ((ib * T + t[:, None]) * H + ih) * V + offs_v[None, :],
-                         mask=mt[:, None] & mv[None, :], other=0.0).to(ACC)
+        q_t = _load_tile_t(q, T, K, H * K, i * BT, ik * BK, BT, BK).to(ACC)  # [BK, BT]
+        do_blk = _load_tile(do, T, V, H * V, i * BT, iv * BV, BT, BV)
         if SCALAR_GATE:
-            g = tl.load(gcum + (ib * T + t) * H + ih, mask=mt, other=0.0).to(ACC)
+            g = tl.load(gcum + (ib * T + t) * H + ih, mask=t < T, other=0.0).to(ACC)
             g_last = tl.load(gcum + (ib * T + t_last) * H + ih).to(ACC)
-            q_dec = q_blk * tl.exp(g)[:, None]
+            q_t = q_t * tl.exp(g)[None, :]
             dstate = dstate * tl.exp(g_last)
         else:
-            g = tl.load(gcum + ((ib * T + t[:, None]) * H + ih) * K + offs_k[None, :],
-                        mask=mt[:, None] & mk[None, :], other=0.0).to(ACC)
+            g_t = _load_tile_t(gcum + (ib * T * H + ih) * K, T, K, H * K, i * BT, ik * BK, BT, BK).to(ACC)
             g_last = tl.load(gcum + ((ib * T + t_last) * H + ih) * K + offs_k, mask=mk, other=0.0).to(ACC)
-            q_dec = q_blk * tl.exp(g)
+            q_t = q_t * tl.exp(g_t)
             dstate = dstate * tl.exp(g_last)[:, None]
-        dstate += scale * tl.dot(tl.trans(q_dec.to(DOT)), do_blk.to(DOT), input_precision=PREC, out_dtype=ACC)
+        dstate += scale * tl.dot(q_t.to(DOT), do_blk.to(DOT), input_precision=PREC, out_dtype=ACC)
     if STORE_DH0:
-        tl.store(dh0 + ibh * K * V + kv_offs, dstate.to(dh0.dtype.element_ty), mask=mkv)
+        _store_tile(dh0 + ibh * K * V, dstate, K, V, V, ik * BK, iv * BV, BK, BV)
 
 
 # --------------------------------------------------------------------------------------------
@@ -289,19 +293,17 @@ def _intra_dscores_kernel(
     ibh = tl.program_id(1).to(tl.int64)
     ib = ibh // H
     ih = ibh % H
+    t0 = it * BT
     cl = tl.arange(0, BT)
-    t = it * BT + cl
-    mt = t < T
+    mt = t0 + cl < T
     acc = tl.zeros([BT, BT], dtype=ACC)
     for vb in range(0, tl.cdiv(V, BV)):
-        offs_v = vb * BV + tl.arange(0, BV)
-        m_tv = mt[:, None] & (offs_v < V)[None, :]
-        do_blk = tl.load(do + ((ib * T + t[:, None]) * H + ih) * V + offs_v[None, :], mask=m_tv, other=0.0).to(ACC)
-        v_blk = tl.load(v + ((ib * T + t[:, None]) * H + ih) * V + offs_v[None, :], mask=m_tv, other=0.0).to(ACC)
-        acc += tl.dot(do_blk.to(DOT), tl.trans(v_blk.to(DOT)), input_precision=PREC, out_dtype=ACC)
+        do_blk = _load_tile(do + (ib * T * H + ih) * V, T, V, H * V, t0, vb * BV, BT, BV)
+        v_t = _load_tile_t(v + (ib * T * H + ih) * V, T, V, H * V, t0, vb * BV, BT, BV)
+        acc += tl.dot(do_blk.to(DOT), v_t.to(DOT), input_precision=PREC, out_dtype=ACC)
     causal = (cl[:, None] >= cl[None, :]) & mt[:, None] & mt[None, :]
     acc = tl.where(causal, acc * scale, 0.0)
-    tl.store(dA + ((ib * T + t[:, None]) * H + ih) * BT + cl[None, :], acc.to(dA.dtype.element_ty), mask=mt[:, None])
+    _store_tile(dA + (ib * T * H + ih) * BT, acc, T, BT, H * BT, t0, 0, BT, BT)
 
 
 # --------------------------------------------------------------------------------------------
@@ -320,35 +322,28 @@ def _dv_kernel(
     ibh = tl.program_id(2).to(tl.int64)
     ib = ibh // H
     ih = ibh % H
-    cl = tl.arange(0, BT)
-    t = it * BT + cl
-    mt = t < T
-    t_last = tl.minimum(it * BT + BT, T) - 1
-    offs_v = iv * BV + tl.arange(0, BV)
-    mv = offs_v < V
-    m_tv = mt[:, None] & mv[None, :]
-    a_blk = tl.load(A + ((ib * T + t[:, None]) * H + ih) * BT + cl[None, :], mask=mt[:, None], other=0.0)
-    do_blk = tl.load(do + ((ib * T + t[:, None]) * H + ih) * V + offs_v[None, :], mask=m_tv, other=0.0)
-    acc = tl.dot(tl.trans(a_blk.to(DOT)), do_blk.to(DOT), input_precision=PREC, out_dtype=ACC)
+    t0 = it * BT
+    t = t0 + tl.arange(0, BT)
+    t_last = tl.minimum(t0 + BT, T) - 1
+    a_t = _load_tile_t(A + (ib * T * H + ih) * BT, T, BT, H * BT, t0, 0, BT, BT)  # [s, r]
+    do_blk = _load_tile(do + (ib * T * H + ih) * V, T, V, H * V, t0, iv * BV, BT, BV)
+    acc = tl.dot(a_t.to(DOT), do_blk.to(DOT), input_precision=PREC, out_dtype=ACC)
     if SCALAR_GATE:
-        g = tl.load(gcum + (ib * T + t) * H + ih, mask=mt, other=0.0).to(ACC)
+        g = tl.load(gcum + (ib * T + t) * H + ih, mask=t < T, other=0.0).to(ACC)
         g_last = tl.load(gcum + (ib * T + t_last) * H + ih).to(ACC)
-        k_scale = tl.exp(tl.where(mt, g_last - g, float("-inf")))
+        k_scale = tl.exp(g_last - g)  # padded rows: g = 0, k = 0
     for kb in range(0, tl.cdiv(K, BK)):
-        offs_k = kb * BK + tl.arange(0, BK)
-        mk = offs_k < K
-        m_tk = mt[:, None] & mk[None, :]
-        k_blk = tl.load(k + ((ib * T + t[:, None]) * H + ih) * K + offs_k[None, :], mask=m_tk, other=0.0).to(ACC)
+        k_blk = _load_tile(k + (ib * T * H + ih) * K, T, K, H * K, t0, kb * BK, BT, BK).to(ACC)
         if SCALAR_GATE:
             k_dec = k_blk * k_scale[:, None]
         else:
-            g_blk = tl.load(gcum + ((ib * T + t[:, None]) * H + ih) * K + offs_k[None, :], mask=m_tk, other=0.0).to(ACC)
-            g_last_k = tl.load(gcum + ((ib * T + t_last) * H + ih) * K + offs_k, mask=mk, other=0.0).to(ACC)
-            k_dec = k_blk * tl.exp(tl.where(mt[:, None], g_last_k[None, :] - g_blk, float("-inf")))
-        dh_blk = tl.load(dh + ((ib * NT + it) * H + ih) * K * V + offs_k[:, None] * V + offs_v[None, :],
-                         mask=mk[:, None] & mv[None, :], other=0.0)
+            offs_k = kb * BK + tl.arange(0, BK)
+            g_blk = _load_tile(gcum + (ib * T * H + ih) * K, T, K, H * K, t0, kb * BK, BT, BK).to(ACC)
+            g_last_k = tl.load(gcum + ((ib * T + t_last) * H + ih) * K + offs_k, mask=offs_k < K, other=0.0).to(ACC)
+            k_dec = k_blk * tl.exp(g_last_k[None, :] - g_blk)
+        dh_blk = _load_tile(dh + ((ib * NT + it) * H + ih) * K * V, K, V, V, kb * BK, iv * BV, BK, BV)
         acc += tl.dot(k_dec.to(DOT), dh_blk.to(DOT), input_precision=PREC, out_dtype=ACC)
-    tl.store(dv + ((ib * T + t[:, None]) * H + ih) * V + offs_v[None, :], acc.to(dv.dtype.element_ty), mask=m_tv)
+    _store_tile(dv + (ib * T * H + ih) * V, acc, T, V, H * V, t0, iv * BV, BT, BV)
 
 
 # --------------------------------------------------------------------------------------------
@@ -376,83 +371,79 @@ def _dqk_kernel(
     isub = ic % NC
     t0 = it * BT
     r0 = t0 + isub * BC
+    q += (ib * T * H + ih) * K
+    k += (ib * T * H + ih) * K
+    g_base = gcum + (ib * T * H + ih) * K
+    dA += (ib * T * H + ih) * BT
     rl = isub * BC + tl.arange(0, BC)
     cl = tl.arange(0, BT)
-    rows = t0 + rl
-    cols = t0 + cl
-    mr = rows < T
-    mc = cols < T
+    mr = t0 + rl < T
+    mc = t0 + cl < T
     t_last = tl.minimum(t0 + BT, T) - 1
     offs_k = ik * BK + tl.arange(0, BK)
     mk = offs_k < K
-    m_rk = mr[:, None] & mk[None, :]
-    m_ck = mc[:, None] & mk[None, :]
     # inter-chunk parts: dO_I H_i^T and v_I dH_{i+1}^T
     dq_acc = tl.zeros([BC, BK], dtype=ACC)
     dk_acc = tl.zeros([BC, BK], dtype=ACC)
+    state_base = ((ib * NT + it) * H + ih) * K * V
     for vb in range(0, tl.cdiv(V, BV)):
-        offs_v = vb * BV + tl.arange(0, BV)
-        mv = offs_v < V
-        m_rv = mr[:, None] & mv[None, :]
-        do_i = tl.load(do + ((ib * T + rows[:, None]) * H + ih) * V + offs_v[None, :], mask=m_rv, other=0.0)
-        v_i = tl.load(v + ((ib * T + rows[:, None]) * H + ih) * V + offs_v[None, :], mask=m_rv, other=0.0)
-        kv = ((ib * NT + it) * H + ih) * K * V + offs_k[:, None] * V + offs_v[None, :]
-        h_blk = tl.load(h + kv, mask=mk[:, None] & mv[None, :], other=0.0)
-        dh_blk = tl.load(dh + kv, mask=mk[:, None] & mv[None, :], other=0.0)
-        dq_acc += tl.dot(do_i.to(DOT), tl.trans(h_blk.to(DOT)), input_precision=PREC, out_dtype=ACC)
-        dk_acc += tl.dot(v_i.to(DOT), tl.trans(dh_blk.to(DOT)), input_precision=PREC, out_dtype=ACC)
-    q_c = tl.load(q + ((ib * T + cols[:, None]) * H + ih) * K + offs_k[None, :], mask=m_ck, other=0.0).to(ACC)
-    k_c = tl.load(k + ((ib * T + cols[:, None]) * H + ih) * K + offs_k[None, :], mask=m_ck, other=0.0).to(ACC)
-    # dA rows of sub-block I (all columns) and dA columns of sub-block I (all rows)
-    dA_r = tl.load(dA + ((ib * T + rows[:, None]) * H + ih) * BT + cl[None, :], mask=mr[:, None], other=0.0).to(ACC)
-    dA_c = tl.load(dA + ((ib * T + cols[:, None]) * H + ih) * BT + rl[None, :], mask=mc[:, None], other=0.0).to(ACC)
+        do_i = _load_tile(do + (ib * T * H + ih) * V, T, V, H * V, r0, vb * BV, BC, BV)
+        v_i = _load_tile(v + (ib * T * H + ih) * V, T, V, H * V, r0, vb * BV, BC, BV)
+        h_t = _load_tile_t(h + state_base, K, V, V, ik * BK, vb * BV, BK, BV)  # [BV, BK]
+        dh_t = _load_tile_t(dh + state_base, K, V, V, ik * BK, vb * BV, BK, BV)
+        dq_acc += tl.dot(do_i.to(DOT), h_t.to(DOT), input_precision=PREC, out_dtype=ACC)
+        dk_acc += tl.dot(v_i.to(DOT), dh_t.to(DOT), input_precision=PREC, out_dtype=ACC)
+    q_c = _load_tile(q, T, K, H * K, t0, ik * BK, BT, BK).to(ACC)
+    k_c = _load_tile(k, T, K, H * K, t0, ik * BK, BT, BK).to(ACC)
+    # dA rows of sub-block I [r in I, s in chunk] and its columns, transposed [s in I, r in chunk]
+    dA_r = _load_tile(dA, T, BT, H * BT, r0, 0, BC, BT).to(ACC)
+    dA_ct = _load_tile_t(dA, T, BT, H * BT, t0, isub * BC, BT, BC).to(ACC)
     if SCALAR_GATE:
-        g_i = tl.load(gcum + (ib * T + rows) * H + ih, mask=mr, other=0.0).to(ACC)
-        g_c = tl.load(gcum + (ib * T + cols) * H + ih, mask=mc, other=0.0).to(ACC)
+        g_i = tl.load(gcum + (ib * T + t0 + rl) * H + ih, mask=mr, other=0.0).to(ACC)
+        g_c = tl.load(gcum + (ib * T + t0 + cl) * H + ih, mask=mc, other=0.0).to(ACC)
         g_last = tl.load(gcum + (ib * T + t_last) * H + ih).to(ACC)
-        dq_acc = dq_acc * (scale * tl.exp(tl.where(mr, g_i, float("-inf"))))[:, None]
+        dq_acc = dq_acc * (scale * tl.exp(g_i))[:, None]
         dk_acc = dk_acc * tl.exp(tl.where(mr, g_last - g_i, float("-inf")))[:, None]
         causal_r = (rl[:, None] >= cl[None, :]) & mr[:, None] & mc[None, :]  # r in I, s in chunk
         dA_r = dA_r * tl.exp(tl.where(causal_r, g_i[:, None] - g_c[None, :], float("-inf")))
         dq_acc += tl.dot(dA_r.to(DOT), k_c.to(DOT), input_precision=PREC, out_dtype=ACC)
-        causal_c = (cl[:, None] >= rl[None, :]) & mc[:, None] & mr[None, :]  # r in chunk, s in I
-        dA_c = dA_c * tl.exp(tl.where(causal_c, g_c[:, None] - g_i[None, :], float("-inf")))
-        dk_acc += tl.dot(tl.trans(dA_c.to(DOT)), q_c.to(DOT), input_precision=PREC, out_dtype=ACC)
+        causal_c = (cl[None, :] >= rl[:, None]) & mr[:, None] & mc[None, :]  # s in I, r in chunk
+        dA_ct = dA_ct * tl.exp(tl.where(causal_c, g_c[None, :] - g_i[:, None], float("-inf")))
+        dk_acc += tl.dot(dA_ct.to(DOT), q_c.to(DOT), input_precision=PREC, out_dtype=ACC)
     else:
-        g_i = tl.load(gcum + ((ib * T + rows[:, None]) * H + ih) * K + offs_k[None, :], mask=m_rk, other=0.0).to(ACC)
-        g_c = tl.load(gcum + ((ib * T + cols[:, None]) * H + ih) * K + offs_k[None, :], mask=m_ck, other=0.0).to(ACC)
-        g_last = tl.load(gcum + ((ib * T + t_last) * H + ih) * K + offs_k, mask=mk, other=0.0).to(ACC)
-        dq_acc = dq_acc * scale * tl.exp(tl.where(mr[:, None], g_i, float("-inf")))
+        g_i = _load_tile(g_base, T, K, H * K, r0, ik * BK, BC, BK).to(ACC)
+        g_c = _load_tile(g_base, T, K, H * K, t0, ik * BK, BT, BK).to(ACC)
+        g_last = tl.load(g_base + t_last * H * K + offs_k, mask=mk, other=0.0).to(ACC)
+        dq_acc = dq_acc * scale * tl.exp(g_i)
         dk_acc = dk_acc * tl.exp(tl.where(mr[:, None], g_last[None, :] - g_i, float("-inf")))
         # dq, earlier sub-blocks: reference = first row of I
-        g_first = tl.load(gcum + ((ib * T + tl.minimum(r0, T - 1)) * H + ih) * K + offs_k, mask=mk, other=0.0).to(ACC)
+        g_first = tl.load(g_base + tl.minimum(r0, T - 1) * H * K + offs_k, mask=mk, other=0.0).to(ACC)
         before = (cl < isub * BC) & mc
         k_rel = k_c * tl.exp(tl.where(before[:, None], g_first[None, :] - g_c, float("-inf")))
         dq_off = tl.dot(dA_r.to(DOT), k_rel.to(DOT), input_precision=PREC, out_dtype=ACC)
         dq_acc += dq_off * tl.exp(tl.where(mr[:, None], g_i - g_first[None, :], float("-inf")))
         # dk, later sub-blocks: reference = last (valid) row of I
-        g_end = tl.load(gcum + ((ib * T + tl.minimum(r0 + BC - 1, T - 1)) * H + ih) * K + offs_k, mask=mk, other=0.0).to(ACC)
+        g_end = tl.load(g_base + tl.minimum(r0 + BC - 1, T - 1) * H * K + offs_k, mask=mk, other=0.0).to(ACC)
         after = (cl >= isub * BC + BC) & mc
         q_rel = q_c * tl.exp(tl.where(after[:, None], g_c - g_end[None, :], float("-inf")))
-        dk_off = tl.dot(tl.trans(dA_c.to(DOT)), q_rel.to(DOT), input_precision=PREC, out_dtype=ACC)
+        dk_off = tl.dot(dA_ct.to(DOT), q_rel.to(DOT), input_precision=PREC, out_dtype=ACC)
         dk_acc += dk_off * tl.exp(tl.where(mr[:, None], g_end[None, :] - g_i, float("-inf")))
         # diagonal sub-block, entry by entry
         for j in range(BC):
             s = r0 + j
             s_in = tl.minimum(s, T - 1)  # a row past T is excluded by the masks below
-            k_j = tl.load(k + ((ib * T + s_in) * H + ih) * K + offs_k, mask=mk, other=0.0).to(ACC)
-            q_j = tl.load(q + ((ib * T + s_in) * H + ih) * K + offs_k, mask=mk, other=0.0).to(ACC)
-            g_j = tl.load(gcum + ((ib * T + s_in) * H + ih) * K + offs_k, mask=mk, other=0.0).to(ACC)
+            k_j = tl.load(k + s_in * H * K + offs_k, mask=mk, other=0.0).to(ACC)
+            q_j = tl.load(q + s_in * H * K + offs_k, mask=mk, other=0.0).to(ACC)
+            g_j = tl.load(g_base + s_in * H * K + offs_k, mask=mk, other=0.0).to(ACC)
             jl = isub * BC + j
             dA_col = tl.sum(tl.where(cl[None, :] == jl, dA_r, 0.0), axis=1)  # dA[r, j], r in I
-            dA_row = tl.sum(tl.where(cl[:, None] == jl, dA_c, 0.0), axis=0)  # dA[j, s], s in I
+            dA_row = tl.sum(tl.where(cl[None, :] == jl, dA_ct, 0.0), axis=1)  # dA[j, s], s in I
             ok_q = (rl >= jl) & mr & (s < T)
             ok_k = (rl <= jl) & mr & (s < T)
             dq_acc += dA_col[:, None] * k_j[None, :] * tl.exp(tl.where(ok_q[:, None], g_i - g_j[None, :], float("-inf")))
             dk_acc += dA_row[:, None] * q_j[None, :] * tl.exp(tl.where(ok_k[:, None], g_j[None, :] - g_i, float("-inf")))
-    out = ((ib * T + rows[:, None]) * H + ih) * K + offs_k[None, :]
-    tl.store(dq + out, dq_acc.to(dq.dtype.element_ty), mask=m_rk)
-    tl.store(dk + out, dk_acc.to(dk.dtype.element_ty), mask=m_rk)
+    _store_tile(dq + (ib * T * H + ih) * K, dq_acc, T, K, H * K, r0, ik * BK, BC, BK)
+    _store_tile(dk + (ib * T * H + ih) * K, dk_acc, T, K, H * K, r0, ik * BK, BC, BK)
 
 
 # --------------------------------------------------------------------------------------------
@@ -492,7 +483,7 @@ def _launch(kernel, grid, args, meta, tune_key, tune_space):
         configs = []
         for cfg in tune_space:
             cfg = dict(cfg)
-            warps = cfg.pop("num_warps", 4)
+            warps = cfg.pop("num_warps")
             stages = cfg.pop("num_stages", 2)
             configs.append(triton.Config(cfg, num_warps=warps, num_stages=stages))
         tuned = triton.autotune(configs=configs, key=tune_key)(kernel)
