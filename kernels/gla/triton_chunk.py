@@ -47,6 +47,12 @@ import triton.language as tl
 SUB_CHUNK = 16  # secondary chunk size BC (GLA §4.2); also the smallest tl.dot dimension on GPU
 
 
+def _row_block(chunk_size: int, scalar_gate: bool) -> int:
+    """Rows per program in the intra-chunk kernels: a scalar gate forms e^{b_r - b_s} per pair and
+    needs no secondary chunking, so it takes whole chunks (bigger matmuls); per-channel gates use BC."""
+    return chunk_size if scalar_gate else SUB_CHUNK
+
+
 def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
@@ -447,6 +453,59 @@ def _dqk_kernel(
 
 
 # --------------------------------------------------------------------------------------------
+# Backward: gate gradient (reverse cumulative sum of q*dq - k*dk)
+# --------------------------------------------------------------------------------------------
+@triton.jit
+def _dgate_kernel(
+    q, k, dq, dk, dg, carry0, T, NT,
+    H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
+    SCALAR_GATE: tl.constexpr, HAS_CARRY: tl.constexpr, ACC: tl.constexpr,
+):
+    """dg_u = carry0 + sum_{t>=u} (q_t*dq_t - k_t*dk_t), scanned over chunks from the end.
+
+    carry0 = sum_j S_T[:, j] dS_T[:, j] (final-state term; summed over channels for a scalar gate).
+    Per-channel: one program per (Dk block, batch*head); scalar: one per batch*head, summing over Dk.
+    """
+    ik = tl.program_id(0)
+    ibh = tl.program_id(1).to(tl.int64)
+    ib = ibh // H
+    ih = ibh % H
+    base = (ib * T * H + ih) * K
+    if SCALAR_GATE:
+        carry = tl.sum(tl.zeros([BT], dtype=ACC), axis=0)
+        if HAS_CARRY:
+            carry += tl.load(carry0 + ibh).to(ACC)
+        for ii in range(NT):
+            i = NT - 1 - ii
+            t = i * BT + tl.arange(0, BT)
+            d_b = tl.zeros([BT], dtype=ACC)
+            for kb in range(0, tl.cdiv(K, BK)):
+                q_b = _load_tile(q + base, T, K, H * K, i * BT, kb * BK, BT, BK).to(ACC)
+                k_b = _load_tile(k + base, T, K, H * K, i * BT, kb * BK, BT, BK).to(ACC)
+                dq_b = _load_tile(dq + base, T, K, H * K, i * BT, kb * BK, BT, BK).to(ACC)
+                dk_b = _load_tile(dk + base, T, K, H * K, i * BT, kb * BK, BT, BK).to(ACC)
+                d_b += tl.sum(q_b * dq_b - k_b * dk_b, axis=1)
+            out = tl.cumsum(d_b, axis=0, reverse=True) + carry
+            tl.store(dg + (ib * T + t) * H + ih, out.to(dg.dtype.element_ty), mask=t < T)
+            carry += tl.sum(d_b, axis=0)
+    else:
+        offs_k = ik * BK + tl.arange(0, BK)
+        carry = tl.zeros([BK], dtype=ACC)
+        if HAS_CARRY:
+            carry += tl.load(carry0 + ibh * K + offs_k, mask=offs_k < K, other=0.0).to(ACC)
+        for ii in range(NT):
+            i = NT - 1 - ii
+            q_b = _load_tile(q + base, T, K, H * K, i * BT, ik * BK, BT, BK).to(ACC)
+            k_b = _load_tile(k + base, T, K, H * K, i * BT, ik * BK, BT, BK).to(ACC)
+            dq_b = _load_tile(dq + base, T, K, H * K, i * BT, ik * BK, BT, BK).to(ACC)
+            dk_b = _load_tile(dk + base, T, K, H * K, i * BT, ik * BK, BT, BK).to(ACC)
+            d_b = q_b * dq_b - k_b * dk_b
+            out = tl.cumsum(d_b, axis=0, reverse=True) + carry[None, :]
+            _store_tile(dg + base, out, T, K, H * K, i * BT, ik * BK, BT, BK)
+            carry += tl.sum(d_b, axis=0)
+
+
+# --------------------------------------------------------------------------------------------
 # Launch helpers
 # --------------------------------------------------------------------------------------------
 _TL_DTYPES = {torch.float32: tl.float32, torch.float64: tl.float64, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
@@ -545,9 +604,10 @@ def _intra_scores(q, k, gcum, scale, chunk_size, scalar_gate):
     NT = triton.cdiv(T, chunk_size)
     acc_t, acc_tl, dot_tl, prec = _numerics(q.dtype)
     A = q.new_empty((B, T, H, chunk_size), dtype=acc_t)
-    meta = dict(H=H, K=K, BT=chunk_size, BC=SUB_CHUNK, BK=_block(K), SCALAR_GATE=scalar_gate,
+    bc = _row_block(chunk_size, scalar_gate)
+    meta = dict(H=H, K=K, BT=chunk_size, BC=bc, BK=_block(K), SCALAR_GATE=scalar_gate,
                 ACC=acc_tl, DOT=dot_tl, PREC=prec)
-    grid = lambda m: (NT * (chunk_size // SUB_CHUNK), B * H)
+    grid = lambda m: (NT * (chunk_size // bc), B * H)
     _launch(_intra_scores_kernel, grid, (q, k, gcum, A, scale, T), meta, ["K", "BT"],
             [c for c in _tile_space(K, 16, keys=("BK",))])
     return A
@@ -614,12 +674,30 @@ def _dqk(q, k, v, gcum, h, dh, do, dA, scale, chunk_size, scalar_gate):
     acc_t, acc_tl, dot_tl, prec = _numerics(q.dtype)
     dq = q.new_empty(q.shape, dtype=acc_t)
     dk = q.new_empty(q.shape, dtype=acc_t)
-    meta = dict(H=H, K=K, V=V, BT=chunk_size, BC=SUB_CHUNK, BK=_block(K), BV=_block(V),
+    bc = _row_block(chunk_size, scalar_gate)
+    meta = dict(H=H, K=K, V=V, BT=chunk_size, BC=bc, BK=_block(K), BV=_block(V),
                 SCALAR_GATE=scalar_gate, ACC=acc_tl, DOT=dot_tl, PREC=prec)
-    grid = lambda m: (triton.cdiv(K, m["BK"]), NT * (chunk_size // SUB_CHUNK), B * H)
+    grid = lambda m: (triton.cdiv(K, m["BK"]), NT * (chunk_size // bc), B * H)
     _launch(_dqk_kernel, grid, (q, k, v, gcum, h, dh, do, dA, dq, dk, scale, T, NT), meta, ["K", "V", "BT"],
             _tile_space(K, V))
     return dq, dk
+
+
+def _dgate(q, k, dq, dk, ht, dht, chunk_size, scalar_gate, gate_dtype):
+    """dL/d log_decay_k: reverse cumulative sum over T of q*dq - k*dk plus the final-state term."""
+    B, T, H, K = q.shape
+    NT = triton.cdiv(T, chunk_size)
+    acc_t, acc_tl, _, _ = _numerics(q.dtype)
+    carry = None
+    if dht is not None:
+        carry = (ht * dht.to(ht.dtype)).sum(-1)  # [B, H, K]
+        carry = (carry.sum(-1) if scalar_gate else carry).to(acc_t).contiguous()
+    dg = q.new_empty(q.shape[:3] if scalar_gate else q.shape, dtype=gate_dtype)
+    meta = dict(H=H, K=K, BT=chunk_size, BK=_block(K), SCALAR_GATE=scalar_gate, HAS_CARRY=carry is not None, ACC=acc_tl)
+    grid = lambda m: (1 if scalar_gate else triton.cdiv(K, m["BK"]), B * H)
+    _launch(_dgate_kernel, grid, (q, k, dq, dk, dg, carry if carry is not None else dg, T, NT), meta, ["K", "BT"],
+            _tile_space(K, 16, keys=("BK",)))
+    return dg
 
 
 def _check_chunk_size(chunk_size: int) -> None:
@@ -666,13 +744,7 @@ class _ChunkGLA(torch.autograd.Function):
         dq, dk = _dqk(q, k, v, gcum, h, dh, do, dA, scale, chunk_size, scalar_gate)
         dlog_decay = None
         if has_gate and ctx.needs_input_grad[3]:
-            # dL/dB_t = q_t dq_t - k_t dk_t (+ S_T * dS_T at the last step); dL/dg = reverse cumsum over T
-            dB = q.to(dq.dtype) * dq - k.to(dk.dtype) * dk
-            if dht is not None:
-                dB[:, -1] += (ht * dht.to(ht.dtype)).sum(-1)
-            if scalar_gate:
-                dB = dB.sum(-1)
-            dlog_decay = dB.flip(1).cumsum(1).flip(1).to(gate_dtype)
+            dlog_decay = _dgate(q, k, dq, dk, ht, dht, chunk_size, scalar_gate, gate_dtype)
         return dq.to(q.dtype), dk.to(k.dtype), dv, dlog_decay, None, dh0, None, None
 
 

@@ -181,3 +181,56 @@ def test_gpu_bf16_gradients_close_to_float32(gate):
     for name, a, b in zip(("dq", "dk", "dv", "dlog_decay_k", "dinitial_state"), ours, ref):
         if b is not None:
             assert rel_rms_err(a.float().cpu(), b) <= 1e-2, name
+
+
+# ---------------------------------------------------------------- sm_90 compile check without a GPU
+_COMPILE_ALL = r'''
+import os, sys
+import triton, triton.language as tl
+from triton.compiler import ASTSource
+from triton.backends.compiler import GPUTarget
+import seqmodels.kernels.gla.triton_chunk as m
+
+dt = sys.argv[1]
+P = "*" + dt
+ACCP = "*fp64" if dt == "fp64" else "*fp32"
+HP = P if dt in ("bf16", "fp16") else ACCP
+ACC = tl.float64 if dt == "fp64" else tl.float32
+DOT = {"bf16": tl.bfloat16, "fp16": tl.float16, "fp32": tl.float32, "fp64": tl.float64}[dt]
+PREC = None if dt in ("bf16", "fp16") else "ieee"
+num = dict(ACC=ACC, DOT=DOT, PREC=PREC)
+
+def comp(fn, sig, consts):
+    triton.compile(ASTSource(fn, sig, consts), target=GPUTarget("cuda", 90, 32), options=dict(num_warps=8, num_stages=2))
+
+for scalar in (True, False):
+    c = dict(num, H=4, K=96, V=80, BT=64, BK=64, BV=64, SCALAR_GATE=scalar)
+    comp(m._chunk_states_fwd_kernel, dict(k=P, v=P, gcum=ACCP, h=HP, h0=ACCP, ht=ACCP, T="i32", NT="i32"),
+         dict(c, HAS_H0=True, STORE_HT=True))
+    comp(m._intra_scores_kernel, dict(q=P, k=P, gcum=ACCP, A=ACCP, scale="fp32", T="i32"),
+         dict(num, H=4, K=96, BT=64, BC=64 if scalar else 16, BK=64, SCALAR_GATE=scalar))
+    comp(m._output_fwd_kernel, dict(q=P, v=P, gcum=ACCP, h=HP, A=ACCP, o=P, scale="fp32", T="i32", NT="i32"), c)
+    comp(m._chunk_dstates_kernel, dict(q=P, do=P, gcum=ACCP, dh=HP, dht=ACCP, dh0=ACCP, scale="fp32", T="i32", NT="i32"),
+         dict(c, HAS_DHT=True, STORE_DH0=True))
+    comp(m._dv_kernel, dict(k=P, gcum=ACCP, A=ACCP, do=P, dh=HP, dv=P, T="i32", NT="i32"), c)
+    comp(m._dqk_kernel, dict(q=P, k=P, v=P, gcum=ACCP, h=HP, dh=HP, do=P, dA=ACCP, dq=ACCP, dk=ACCP, scale="fp32",
+                             T="i32", NT="i32"), dict(c, BC=64 if scalar else 16))
+    comp(m._dgate_kernel, dict(q=P, k=P, dq=ACCP, dk=ACCP, dg=P, carry0=ACCP, T="i32", NT="i32"),
+         dict(H=4, K=96, BT=64, BK=64, SCALAR_GATE=scalar, HAS_CARRY=True, ACC=ACC))
+comp(m._intra_dscores_kernel, dict(do=P, v=P, dA=ACCP, scale="fp32", T="i32"), dict(num, H=4, V=80, BT=64, BV=64))
+print("compiled")
+'''
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dtype", ["bf16", "fp32"])
+def test_kernels_compile_for_sm90_without_gpu(dtype):
+    # Catches errors the interpreter accepts but the compiler rejects (types, layouts), with no GPU needed.
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, TRITON_INTERPRET="0")
+    run = subprocess.run([sys.executable, "-P", "-c", _COMPILE_ALL, dtype], env=env, capture_output=True, text=True,
+                         timeout=600)
+    assert run.returncode == 0 and "compiled" in run.stdout, run.stderr[-3000:]
