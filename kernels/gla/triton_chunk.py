@@ -1,23 +1,25 @@
 """Chunked Triton kernels for gated linear attention (`gla` backend "triton"), forward and backward.
 
-Recurrence (DESIGN.md §3.1; GLA, Yang et al. 2023, arXiv 2312.06635, Eq. 3 / §4.2):
+Recurrence (DESIGN.md §3.1; GLA, Yang et al. 2023, arXiv 2312.06635, §4.1 recurrent form):
     S_t = diag(exp(g_t)) S_{t-1} + k_t v_t^T,     o_t = scale * S_t^T q_t
 with per-channel log-gates g_t in R^{Dk} (<= 0) or one scalar per head broadcast over Dk
 (RetNet / Lightning / simple GLA).
 
-Chunked form (GLA §4.2 "secondary chunking", Eqs. 4-5; DESIGN.md §3.3). Inside chunk i with
+Chunked form (GLA §4.2-4.3: chunkwise form, secondary-level chunking; DESIGN.md §3.3). Inside chunk i with
 chunk-local cumulative gates b_r = sum_{u<=r} g_u and Gamma = b_last, state H_i at the chunk start:
     o_r     = scale * (q_r * e^{b_r})^T H_i + sum_{s<=r} A_rs v_s
     A_rs    = scale * sum_c q_rc k_sc e^{b_rc - b_sc}
     H_{i+1} = diag(e^{Gamma}) H_i + (K * e^{Gamma - b})^T V
 Every exponent is <= 0: off-diagonal sub-blocks (sub-chunk BC=16) of A are referenced to the
 first row of the query sub-block (q * e^{b_r - b_ref}, k * e^{b_ref - b_s}); the diagonal
-sub-block is computed entry by entry. For a scalar gate e^{b_r - b_s} is formed per pair directly.
+sub-block is computed entry by entry. For a scalar gate e^{b_r - b_s} is formed per pair directly
+(min(.,0) via the causal mask), so those kernels take whole chunks as rows (no sub-chunking).
 
 Design: like fla, three forward launches (chunk states, intra-chunk scores A, outputs) instead of
-one kernel sequential over chunks: the state pass is the only sequential part and is cheap
-(one [BK,BV] tile per program); scores and outputs are parallel over chunks, which fills the GPU
-at small batch x heads. Chunk states are recomputed in the backward pass (memory), A is saved.
+one fused kernel sequential over chunks: the state pass is the only sequential part and is cheap
+(one [BK,BV] tile update per chunk); scores and outputs are parallel over chunks, which fills the
+GPU at small batch x heads. Chunk states are recomputed in the backward pass (memory), A is saved
+(float32, [B,T,H,chunk]). Backward launches: states, reverse state pass, dA, dv, dq/dk, gate.
 
 Backward (derivation, per batch and head; dO = dL/do, dH_{i+1} = dL/dH_{i+1}):
     dH_i   = diag(e^{Gamma}) dH_{i+1} + scale * (Q * e^{b})^T dO          (reverse state pass)
@@ -28,12 +30,15 @@ Backward (derivation, per batch and head; dO = dL/do, dH_{i+1} = dL/dH_{i+1}):
 Gate gradient: with global cumulative gates B_t = sum_{u<=t} g_u, q_t appears only as
 q_t e^{B_t}, k_s only as k_s e^{-B_s}, and the final state as e^{B_{T-1}} (S_0 + sum_s e^{-B_s} k_s v_s^T).
 Hence dL/dB_t = q_t*dq_t - k_t*dk_t (+ sum_j S_T[:,j] dS_T[:,j] at t = T-1), and
-dL/dg_u = sum_{t>=u} dL/dB_t (reverse cumulative sum); a scalar gate also sums over channels.
+dL/dg_u = sum_{t>=u} dL/dB_t (reverse cumulative sum, one kernel scanning chunks from the end);
+a scalar gate also sums over channels. dq, dk are kept in float32 until this is done.
 
 reverse=True is implemented by flipping q, k, v, log_decay_k along T in the wrapper (autograd
 flips the gradients back). Numerics: loads are cast to float32 (float64 for float64 inputs) and
 all accumulation is in that dtype; matmul operands are bf16/fp16 for bf16/fp16 inputs (as fla),
-exact IEEE float32 / float64 otherwise. Autotuning only on a real GPU, never under TRITON_INTERPRET.
+exact IEEE float32 / float64 otherwise. Compiled on GPU, `scale` is passed as a float32 scalar
+(float64 inputs there get a float32-rounded scale; the interpreter keeps float64).
+Autotuning only on a real GPU, never under TRITON_INTERPRET.
 """
 from __future__ import annotations
 
@@ -88,49 +93,64 @@ def _store_tile(base, x, T, D: tl.constexpr, row_stride: tl.constexpr, t0, d0, B
 
 
 # --------------------------------------------------------------------------------------------
-# Forward: chunk states
+# Chunk-state scan (forward states and, reversed, their gradients)
 # --------------------------------------------------------------------------------------------
 @triton.jit
-def _chunk_states_fwd_kernel(
-    k, v, gcum, h, h0, ht, T, NT,
+def _state_scan_kernel(
+    x, y, gcum, out, init, final, scale, T, NT,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
     BK: tl.constexpr, BV: tl.constexpr,
-    SCALAR_GATE: tl.constexpr, HAS_H0: tl.constexpr, STORE_HT: tl.constexpr,
+    SCALAR_GATE: tl.constexpr, REVERSE: tl.constexpr, HAS_INIT: tl.constexpr, STORE_FINAL: tl.constexpr,
     ACC: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr,
 ):
-    """h[b, i, h] = state at the start of chunk i; ht = state after the last chunk."""
+    """One [BK, BV] tile of a state carried across chunks; out[b, i, h] = the carry entering chunk i.
+
+    forward (x=k, y=v):    H_{i+1} = diag(e^{Gamma}) H_i + (K * e^{Gamma - b})^T V, out = states at chunk starts
+    REVERSE (x=q, y=dO):   dH_i = diag(e^{Gamma}) dH_{i+1} + scale (Q * e^{b})^T dO, out[i] = dL/d(state after
+                           chunk i); init = dL/d(final state), final = dL/d(initial state).
+    Padded rows load x = 0 and g = 0, so every exponent stays <= 0 and finite.
+    """
     ik = tl.program_id(0)
     iv = tl.program_id(1)
     ibh = tl.program_id(2).to(tl.int64)
     ib = ibh // H
     ih = ibh % H
-    k += (ib * T * H + ih) * K
-    v += (ib * T * H + ih) * V
+    x += (ib * T * H + ih) * K
+    y += (ib * T * H + ih) * V
     offs_k = ik * BK + tl.arange(0, BK)
     mk = offs_k < K
     state = tl.zeros([BK, BV], dtype=ACC)
-    if HAS_H0:
-        state += _load_tile(h0 + ibh * K * V, K, V, V, ik * BK, iv * BV, BK, BV).to(ACC)
-    for i in range(NT):
-        _store_tile(h + ((ib * NT + i) * H + ih) * K * V, state, K, V, V, ik * BK, iv * BV, BK, BV)
+    if HAS_INIT:
+        state += _load_tile(init + ibh * K * V, K, V, V, ik * BK, iv * BV, BK, BV).to(ACC)
+    for ii in range(NT):
+        if REVERSE:
+            i = NT - 1 - ii
+        else:
+            i = ii
+        _store_tile(out + ((ib * NT + i) * H + ih) * K * V, state, K, V, V, ik * BK, iv * BV, BK, BV)
         t = i * BT + tl.arange(0, BT)
         t_last = tl.minimum(i * BT + BT, T) - 1
-        k_t = _load_tile_t(k, T, K, H * K, i * BT, ik * BK, BT, BK).to(ACC)  # [BK, BT]
-        v_blk = _load_tile(v, T, V, H * V, i * BT, iv * BV, BT, BV)
-        # padded rows load k = 0 and g = 0, so e^{Gamma - 0} <= 1 stays finite
+        x_t = _load_tile_t(x, T, K, H * K, i * BT, ik * BK, BT, BK).to(ACC)  # [BK, BT]
+        y_blk = _load_tile(y, T, V, H * V, i * BT, iv * BV, BT, BV)
         if SCALAR_GATE:
             g = tl.load(gcum + (ib * T + t) * H + ih, mask=t < T, other=0.0).to(ACC)
             g_last = tl.load(gcum + (ib * T + t_last) * H + ih).to(ACC)
-            k_t = k_t * tl.exp(g_last - g)[None, :]
+            if REVERSE:
+                x_t = x_t * tl.exp(g)[None, :]
+            else:
+                x_t = x_t * tl.exp(g_last - g)[None, :]
             state = state * tl.exp(g_last)
         else:
             g_t = _load_tile_t(gcum + (ib * T * H + ih) * K, T, K, H * K, i * BT, ik * BK, BT, BK).to(ACC)
             g_last = tl.load(gcum + ((ib * T + t_last) * H + ih) * K + offs_k, mask=mk, other=0.0).to(ACC)
-            k_t = k_t * tl.exp(g_last[:, None] - g_t)
+            if REVERSE:
+                x_t = x_t * tl.exp(g_t)
+            else:
+                x_t = x_t * tl.exp(g_last[:, None] - g_t)
             state = state * tl.exp(g_last)[:, None]
-        state += tl.dot(k_t.to(DOT), v_blk.to(DOT), input_precision=PREC, out_dtype=ACC)
-    if STORE_HT:
-        _store_tile(ht + ibh * K * V, state, K, V, V, ik * BK, iv * BV, BK, BV)
+        state += scale * tl.dot(x_t.to(DOT), y_blk.to(DOT), input_precision=PREC, out_dtype=ACC)
+    if STORE_FINAL:
+        _store_tile(final + ibh * K * V, state, K, V, V, ik * BK, iv * BV, BK, BV)
 
 
 # --------------------------------------------------------------------------------------------
@@ -144,7 +164,8 @@ def _intra_scores_kernel(
 ):
     """A[b, t, h, s_local] = scale * sum_c q_tc k_sc e^{b_tc - b_sc} for s <= t in t's chunk, else 0.
 
-    One program = one query sub-block (BC rows) of one chunk, all BT columns of the chunk.
+    One program = BC query rows of one chunk (a sub-block; the whole chunk for a scalar gate),
+    all BT columns of the chunk.
     """
     NC: tl.constexpr = BT // BC
     ic = tl.program_id(0)
@@ -237,55 +258,6 @@ def _output_fwd_kernel(
 
 
 # --------------------------------------------------------------------------------------------
-# Backward: gradients of the chunk states (reverse pass)
-# --------------------------------------------------------------------------------------------
-@triton.jit
-def _chunk_dstates_kernel(
-    q, do, gcum, dh, dht, dh0, scale, T, NT,
-    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
-    BK: tl.constexpr, BV: tl.constexpr,
-    SCALAR_GATE: tl.constexpr, HAS_DHT: tl.constexpr, STORE_DH0: tl.constexpr,
-    ACC: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr,
-):
-    """dh[b, i, h] = dL/d(state after chunk i); dh0 = dL/d(initial state).
-
-    dH_i = diag(e^{Gamma_i}) dH_{i+1} + scale * (Q_i * e^{b})^T dO_i, starting from dL/d(final state).
-    """
-    ik = tl.program_id(0)
-    iv = tl.program_id(1)
-    ibh = tl.program_id(2).to(tl.int64)
-    ib = ibh // H
-    ih = ibh % H
-    q += (ib * T * H + ih) * K
-    do += (ib * T * H + ih) * V
-    offs_k = ik * BK + tl.arange(0, BK)
-    mk = offs_k < K
-    dstate = tl.zeros([BK, BV], dtype=ACC)
-    if HAS_DHT:
-        dstate += _load_tile(dht + ibh * K * V, K, V, V, ik * BK, iv * BV, BK, BV).to(ACC)
-    for ii in range(NT):
-        i = NT - 1 - ii
-        _store_tile(dh + ((ib * NT + i) * H + ih) * K * V, dstate, K, V, V, ik * BK, iv * BV, BK, BV)
-        t = i * BT + tl.arange(0, BT)
-        t_last = tl.minimum(i * BT + BT, T) - 1
-        q_t = _load_tile_t(q, T, K, H * K, i * BT, ik * BK, BT, BK).to(ACC)  # [BK, BT]
-        do_blk = _load_tile(do, T, V, H * V, i * BT, iv * BV, BT, BV)
-        if SCALAR_GATE:
-            g = tl.load(gcum + (ib * T + t) * H + ih, mask=t < T, other=0.0).to(ACC)
-            g_last = tl.load(gcum + (ib * T + t_last) * H + ih).to(ACC)
-            q_t = q_t * tl.exp(g)[None, :]
-            dstate = dstate * tl.exp(g_last)
-        else:
-            g_t = _load_tile_t(gcum + (ib * T * H + ih) * K, T, K, H * K, i * BT, ik * BK, BT, BK).to(ACC)
-            g_last = tl.load(gcum + ((ib * T + t_last) * H + ih) * K + offs_k, mask=mk, other=0.0).to(ACC)
-            q_t = q_t * tl.exp(g_t)
-            dstate = dstate * tl.exp(g_last)[:, None]
-        dstate += scale * tl.dot(q_t.to(DOT), do_blk.to(DOT), input_precision=PREC, out_dtype=ACC)
-    if STORE_DH0:
-        _store_tile(dh0 + ibh * K * V, dstate, K, V, V, ik * BK, iv * BV, BK, BV)
-
-
-# --------------------------------------------------------------------------------------------
 # Backward: gradient of the intra-chunk scores
 # --------------------------------------------------------------------------------------------
 @triton.jit
@@ -362,7 +334,7 @@ def _dqk_kernel(
     BK: tl.constexpr, BV: tl.constexpr,
     SCALAR_GATE: tl.constexpr, ACC: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr,
 ):
-    """dq, dk for one sub-block I (BC rows) of one chunk and one Dk block.
+    """dq, dk for BC rows I (a sub-block; the whole chunk for a scalar gate) and one Dk block.
 
     dq_r = scale e^{b_r} (H_i dO_r) + sum_{s<=r} dA_rs k_s e^{b_r - b_s}
     dk_s = e^{Gamma - b_s} (dH_{i+1} v_s) + sum_{r>=s} dA_rs q_r e^{b_r - b_s}
@@ -582,20 +554,21 @@ def _chunk_local_cumsum(log_decay: torch.Tensor, chunk_size: int, acc_dtype: tor
     return g.reshape((B, NT * chunk_size) + tuple(g.shape[3:]))[:, :T].contiguous()
 
 
-def _chunk_states(k, v, gcum, h0, chunk_size, store_final, scalar_gate):
-    """States at each chunk start [B, NT, H, K, V] (matmul dtype) and the final state (acc dtype)."""
-    B, T, H, K = k.shape
-    V = v.shape[-1]
+def _state_scan(x, y, gcum, init, scale, chunk_size, reverse, final_dtype, scalar_gate):
+    """Carries entering each chunk [B, NT, H, K, V] (matmul dtype) and the carry after the scan
+    (None unless final_dtype is given). Forward: x=k, y=v; reverse (gradients): x=q, y=dO."""
+    B, T, H, K = x.shape
+    V = y.shape[-1]
     NT = triton.cdiv(T, chunk_size)
-    acc_t, acc_tl, dot_tl, prec = _numerics(k.dtype)
-    h = k.new_empty((B, NT, H, K, V), dtype=k.dtype if k.dtype in (torch.bfloat16, torch.float16) else acc_t)
-    ht = k.new_empty((B, H, K, V), dtype=acc_t) if store_final else None
-    args = (k, v, gcum, h, h0 if h0 is not None else h, ht if ht is not None else h, T, NT)
-    meta = dict(H=H, K=K, V=V, BT=chunk_size, BK=_block(K), BV=_block(V), SCALAR_GATE=scalar_gate,
-                HAS_H0=h0 is not None, STORE_HT=store_final, ACC=acc_tl, DOT=dot_tl, PREC=prec)
+    acc_t, acc_tl, dot_tl, prec = _numerics(x.dtype)
+    out = x.new_empty((B, NT, H, K, V), dtype=x.dtype if x.dtype in (torch.bfloat16, torch.float16) else acc_t)
+    final = x.new_empty((B, H, K, V), dtype=final_dtype) if final_dtype is not None else None
+    args = (x, y, gcum, out, init if init is not None else out, final if final is not None else out, scale, T, NT)
+    meta = dict(H=H, K=K, V=V, BT=chunk_size, BK=_block(K), BV=_block(V), SCALAR_GATE=scalar_gate, REVERSE=reverse,
+                HAS_INIT=init is not None, STORE_FINAL=final is not None, ACC=acc_tl, DOT=dot_tl, PREC=prec)
     grid = lambda m: (triton.cdiv(K, m["BK"]), triton.cdiv(V, m["BV"]), B * H)
-    _launch(_chunk_states_fwd_kernel, grid, args, meta, ["K", "V", "BT"], _tile_space(K, V))
-    return h, ht
+    _launch(_state_scan_kernel, grid, args, meta, ["K", "V", "BT", "REVERSE"], _tile_space(K, V))
+    return out, final
 
 
 def _intra_scores(q, k, gcum, scale, chunk_size, scalar_gate):
@@ -624,22 +597,6 @@ def _outputs(q, v, gcum, h, A, scale, chunk_size, scalar_gate):
     grid = lambda m: (triton.cdiv(V, m["BV"]), NT, B * H)
     _launch(_output_fwd_kernel, grid, (q, v, gcum, h, A, o, scale, T, NT), meta, ["K", "V", "BT"], _tile_space(K, V))
     return o
-
-
-def _chunk_dstates(q, do, gcum, dht, scale, chunk_size, need_dh0, dh0_dtype, scalar_gate):
-    """dL/d(state after each chunk) [B, NT, H, K, V] (matmul dtype) and dL/d(initial state)."""
-    B, T, H, K = q.shape
-    V = do.shape[-1]
-    NT = triton.cdiv(T, chunk_size)
-    acc_t, acc_tl, dot_tl, prec = _numerics(q.dtype)
-    dh = q.new_empty((B, NT, H, K, V), dtype=q.dtype if q.dtype in (torch.bfloat16, torch.float16) else acc_t)
-    dh0 = q.new_empty((B, H, K, V), dtype=dh0_dtype) if need_dh0 else None
-    args = (q, do, gcum, dh, dht if dht is not None else dh, dh0 if dh0 is not None else dh, scale, T, NT)
-    meta = dict(H=H, K=K, V=V, BT=chunk_size, BK=_block(K), BV=_block(V), SCALAR_GATE=scalar_gate,
-                HAS_DHT=dht is not None, STORE_DH0=need_dh0, ACC=acc_tl, DOT=dot_tl, PREC=prec)
-    grid = lambda m: (triton.cdiv(K, m["BK"]), triton.cdiv(V, m["BV"]), B * H)
-    _launch(_chunk_dstates_kernel, grid, args, meta, ["K", "V", "BT"], _tile_space(K, V))
-    return dh, dh0
 
 
 def _intra_dscores(do, v, scale, chunk_size):
@@ -719,7 +676,7 @@ class _ChunkGLA(torch.autograd.Function):
         else:
             gcum = _chunk_local_cumsum(log_decay, chunk_size, acc_t)
         h0 = initial_state.contiguous() if initial_state is not None else None
-        h, ht = _chunk_states(k, v, gcum, h0, chunk_size, output_final_state, scalar_gate)
+        h, ht = _state_scan(k, v, gcum, h0, 1.0, chunk_size, False, acc_t if output_final_state else None, scalar_gate)
         A = _intra_scores(q, k, gcum, scale, chunk_size, scalar_gate)
         o = _outputs(q, v, gcum, h, A, scale, chunk_size, scalar_gate)
         del h  # recomputed in backward (memory)
@@ -736,9 +693,9 @@ class _ChunkGLA(torch.autograd.Function):
         scale, chunk_size, scalar_gate, has_gate, gate_dtype, h0_dtype = ctx.meta
         do = torch.zeros_like(v) if do is None else do.contiguous()
         dht = None if dht is None else dht.contiguous()
-        h, _ = _chunk_states(k, v, gcum, h0, chunk_size, False, scalar_gate)
-        dh, dh0 = _chunk_dstates(q, do, gcum, dht, scale, chunk_size, h0 is not None and ctx.needs_input_grad[5],
-                                 h0_dtype, scalar_gate)
+        h, _ = _state_scan(k, v, gcum, h0, 1.0, chunk_size, False, None, scalar_gate)
+        need_dh0 = h0 is not None and ctx.needs_input_grad[5]
+        dh, dh0 = _state_scan(q, do, gcum, dht, scale, chunk_size, True, h0_dtype if need_dh0 else None, scalar_gate)
         dA = _intra_dscores(do, v, scale, chunk_size)
         dv = _dv(k, gcum, A, do, dh, chunk_size, scalar_gate)
         dq, dk = _dqk(q, k, v, gcum, h, dh, do, dA, scale, chunk_size, scalar_gate)

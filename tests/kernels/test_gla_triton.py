@@ -205,13 +205,12 @@ def comp(fn, sig, consts):
 
 for scalar in (True, False):
     c = dict(num, H=4, K=96, V=80, BT=64, BK=64, BV=64, SCALAR_GATE=scalar)
-    comp(m._chunk_states_fwd_kernel, dict(k=P, v=P, gcum=ACCP, h=HP, h0=ACCP, ht=ACCP, T="i32", NT="i32"),
-         dict(c, HAS_H0=True, STORE_HT=True))
+    for reverse in (False, True):
+        comp(m._state_scan_kernel, dict(x=P, y=P, gcum=ACCP, out=HP, init=ACCP, final=ACCP, scale="fp32", T="i32",
+                                        NT="i32"), dict(c, REVERSE=reverse, HAS_INIT=True, STORE_FINAL=True))
     comp(m._intra_scores_kernel, dict(q=P, k=P, gcum=ACCP, A=ACCP, scale="fp32", T="i32"),
          dict(num, H=4, K=96, BT=64, BC=64 if scalar else 16, BK=64, SCALAR_GATE=scalar))
     comp(m._output_fwd_kernel, dict(q=P, v=P, gcum=ACCP, h=HP, A=ACCP, o=P, scale="fp32", T="i32", NT="i32"), c)
-    comp(m._chunk_dstates_kernel, dict(q=P, do=P, gcum=ACCP, dh=HP, dht=ACCP, dh0=ACCP, scale="fp32", T="i32", NT="i32"),
-         dict(c, HAS_DHT=True, STORE_DH0=True))
     comp(m._dv_kernel, dict(k=P, gcum=ACCP, A=ACCP, do=P, dh=HP, dv=P, T="i32", NT="i32"), c)
     comp(m._dqk_kernel, dict(q=P, k=P, v=P, gcum=ACCP, h=HP, dh=HP, do=P, dA=ACCP, dq=ACCP, dk=ACCP, scale="fp32",
                              T="i32", NT="i32"), dict(c, BC=64 if scalar else 16))
