@@ -36,8 +36,8 @@ a scalar gate also sums over channels. dq, dk are kept in float32 until this is 
 reverse=True is implemented by flipping q, k, v, log_decay_k along T in the wrapper (autograd
 flips the gradients back). Numerics: loads are cast to float32 (float64 for float64 inputs) and
 all accumulation is in that dtype; matmul operands are bf16/fp16 for bf16/fp16 inputs (as fla),
-exact IEEE float32 / float64 otherwise. Compiled on GPU, `scale` is passed as a float32 scalar
-(float64 inputs there get a float32-rounded scale; the interpreter keeps float64).
+exact IEEE float32 / float64 otherwise. Compiled kernels take `scale` as a float32 scalar, so for
+float64 inputs on GPU the wrapper folds it into q instead.
 Autotuning only on a real GPU, never under TRITON_INTERPRET.
 """
 from __future__ import annotations
@@ -68,6 +68,13 @@ def _interpreting() -> bool:
 # Masked loads (zero fill) handle T and D that are not tile multiples.
 # (Triton 3.9 removed block pointers; tensor descriptors need 16-byte aligned strides, odd D is not.)
 # --------------------------------------------------------------------------------------------
+@triton.jit
+def _batch_head(axis: tl.constexpr, H: tl.constexpr):
+    """(batch*head, batch, head) of this program from grid axis `axis`, as int64 (offsets can pass 2^31)."""
+    ibh = tl.program_id(axis).to(tl.int64)
+    return ibh, ibh // H, ibh % H
+
+
 @triton.jit
 def _load_tile(base, T, D: tl.constexpr, row_stride: tl.constexpr, t0, d0, BR: tl.constexpr, BD: tl.constexpr):
     """Rows t0..t0+BR, columns d0..d0+BD of a [T, D] slice, zero-padded: [BR, BD]."""
@@ -112,9 +119,7 @@ def _state_scan_kernel(
     """
     ik = tl.program_id(0)
     iv = tl.program_id(1)
-    ibh = tl.program_id(2).to(tl.int64)
-    ib = ibh // H
-    ih = ibh % H
+    ibh, ib, ih = _batch_head(2, H)
     x += (ib * T * H + ih) * K
     y += (ib * T * H + ih) * V
     offs_k = ik * BK + tl.arange(0, BK)
@@ -169,9 +174,7 @@ def _intra_scores_kernel(
     """
     NC: tl.constexpr = BT // BC
     ic = tl.program_id(0)
-    ibh = tl.program_id(1).to(tl.int64)
-    ib = ibh // H
-    ih = ibh % H
+    ibh, ib, ih = _batch_head(1, H)
     it = ic // NC
     isub = ic % NC
     t0 = it * BT
@@ -233,9 +236,7 @@ def _output_fwd_kernel(
     """o = scale * (Q * e^{b}) H_i + A V for one chunk and one Dv block."""
     iv = tl.program_id(0)
     it = tl.program_id(1)
-    ibh = tl.program_id(2).to(tl.int64)
-    ib = ibh // H
-    ih = ibh % H
+    ibh, ib, ih = _batch_head(2, H)
     t0 = it * BT
     t = t0 + tl.arange(0, BT)
     acc = tl.zeros([BT, BV], dtype=ACC)
@@ -268,9 +269,7 @@ def _intra_dscores_kernel(
 ):
     """dA[b, r, h, s_local] = scale * dO_r . v_s for s <= r in r's chunk, else 0."""
     it = tl.program_id(0)
-    ibh = tl.program_id(1).to(tl.int64)
-    ib = ibh // H
-    ih = ibh % H
+    ibh, ib, ih = _batch_head(1, H)
     t0 = it * BT
     cl = tl.arange(0, BT)
     mt = t0 + cl < T
@@ -297,9 +296,7 @@ def _dv_kernel(
     """dv = A^T dO + (K * e^{Gamma - b}) dH_{i+1} for one chunk and one Dv block."""
     iv = tl.program_id(0)
     it = tl.program_id(1)
-    ibh = tl.program_id(2).to(tl.int64)
-    ib = ibh // H
-    ih = ibh % H
+    ibh, ib, ih = _batch_head(2, H)
     t0 = it * BT
     t = t0 + tl.arange(0, BT)
     t_last = tl.minimum(t0 + BT, T) - 1
@@ -342,9 +339,7 @@ def _dqk_kernel(
     NC: tl.constexpr = BT // BC
     ik = tl.program_id(0)
     ic = tl.program_id(1)
-    ibh = tl.program_id(2).to(tl.int64)
-    ib = ibh // H
-    ih = ibh % H
+    ibh, ib, ih = _batch_head(2, H)
     it = ic // NC
     isub = ic % NC
     t0 = it * BT
@@ -439,9 +434,7 @@ def _dgate_kernel(
     Per-channel: one program per (Dk block, batch*head); scalar: one per batch*head, summing over Dk.
     """
     ik = tl.program_id(0)
-    ibh = tl.program_id(1).to(tl.int64)
-    ib = ibh // H
-    ih = ibh % H
+    ibh, ib, ih = _batch_head(1, H)
     base = (ib * T * H + ih) * K
     if SCALAR_GATE:
         carry = tl.sum(tl.zeros([BT], dtype=ACC), axis=0)
@@ -724,6 +717,14 @@ def gla_triton(
     reverse=True scans from the end: implemented by flipping along T around the forward scan.
     """
     _check_chunk_size(chunk_size)
+    if not q.is_cuda and not _interpreting():
+        raise ValueError(
+            f"gla_triton got q on device {q.device}; the triton backend needs CUDA tensors "
+            "(CPU tensors run only under TRITON_INTERPRET=1, set before the kernels are imported)"
+        )
+    if q.dtype == torch.float64 and not _interpreting():
+        # compiled kernels take `scale` as a float32 scalar: fold it into q to keep float64 exact
+        q, scale = q * scale, 1.0
     if reverse:
         q, k, v = (x.flip(1) for x in (q, k, v))
         log_decay_k = None if log_decay_k is None else log_decay_k.flip(1)

@@ -1,8 +1,9 @@
 """Tests of the chunked Triton GLA kernels (kernels/gla/triton_chunk.py) against a float64 token loop.
 
 On CPU the kernels run under TRITON_INTERPRET=1 (set by tests/conftest.py) on tiny shapes, in
-float64 (tolerance: relative error <= 1e-10) and float32 (<= 1e-5). On CUDA (`gpu` marker) they
-run compiled, in bf16, against the float32 oracle (relative RMS error <= 1e-2).
+float64 (tolerance: relative error <= 1e-10) and float32 (<= 1e-5); where CUDA is available the
+same tests run the compiled kernels on the GPU. The `gpu` tests add bf16 against the float32
+oracle (relative RMS error <= 1e-2).
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from seqmodels.kernels.gla.triton_chunk import gla_triton
 from seqmodels.testing import assert_rel_close, rel_rms_err
 
 TOL = {torch.float64: 1e-10, torch.float32: 1e-5}
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # CPU: the Triton interpreter
 
 
 def reference_gla(q, k, v, log_decay_k, scale, initial_state, reverse):
@@ -34,7 +36,7 @@ def reference_gla(q, k, v, log_decay_k, scale, initial_state, reverse):
     return torch.stack(outs, dim=1), S
 
 
-def make_inputs(dtype, gate, B=1, T=40, H=2, K=5, V=3, strength=5.0, device="cpu", seed=0):
+def make_inputs(dtype, gate, B=1, T=40, H=2, K=5, V=3, strength=5.0, device=DEVICE, seed=0):
     """Random q, k, v, log-decay (uniform in [-strength, 0]) and initial state."""
     gen = torch.Generator().manual_seed(seed)
     rnd = lambda *shape: torch.randn(*shape, generator=gen, dtype=torch.float64)
@@ -88,9 +90,9 @@ def _grads(fn, inputs, weights):
     """Gradients of sum(o * w_o) + sum(S_T * w_S) w.r.t. the given inputs (None entries skipped)."""
     leaves = [None if x is None else x.detach().clone().requires_grad_() for x in inputs]
     o, ht = fn(*leaves)
-    loss = (o * weights[0].to(o.dtype)).sum()
+    loss = (o * weights[0].to(device=o.device, dtype=o.dtype)).sum()
     if ht is not None and weights[1] is not None:
-        loss = loss + (ht * weights[1].to(ht.dtype)).sum()
+        loss = loss + (ht * weights[1].to(device=ht.device, dtype=ht.dtype)).sum()
     loss.backward()
     return [None if x is None else x.grad for x in leaves]
 
@@ -150,6 +152,13 @@ def test_bad_chunk_size_raises(chunk_size):
         gla_triton(q, k, v, g, 1.0, None, False, False, chunk_size)
 
 
+def test_cpu_tensors_without_interpreter_raise(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    q, k, v, g, _ = make_inputs(torch.float32, None, T=8, device="cpu")
+    with pytest.raises(ValueError, match="CUDA"):
+        gla_triton(q, k, v, g, 1.0, None, False, False, 16)
+
+
 # ---------------------------------------------------------------- GPU (compiled Triton, bf16)
 gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -175,7 +184,7 @@ def test_gpu_bf16_gradients_close_to_float32(gate):
     w_o = torch.randn(q.shape[:3] + (48,), generator=gen)
     w_s = torch.randn(h0.shape, generator=gen)
     ours = _grads(lambda q, k, v, g, h0: gla_triton(q, k, v, g, 64 ** -0.5, h0, True, False, 64),
-                  (q, k, v, g, h0), (w_o.cuda(), w_s.cuda()))
+                  (q, k, v, g, h0), (w_o, w_s))
     ref = _grads(lambda q, k, v, g, h0: reference_gla(q, k, v, g, 64 ** -0.5, h0, False),
                  tuple(None if x is None else x.float().cpu() for x in (q, k, v, g, h0)), (w_o, w_s))
     for name, a, b in zip(("dq", "dk", "dv", "dlog_decay_k", "dinitial_state"), ours, ref):
