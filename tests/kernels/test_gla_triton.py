@@ -152,6 +152,34 @@ def test_bad_chunk_size_raises(chunk_size):
         gla_triton(q, k, v, g, 1.0, None, False, False, chunk_size)
 
 
+@pytest.mark.skipif(DEVICE == "cuda", reason="interpreter-only variant; on CUDA the gpu tests run real bf16")
+@pytest.mark.parametrize("gate", GATES)
+def test_bf16_storage_path_in_interpreter(monkeypatch, gate):
+    # bf16 inputs, bf16 chunk states and bf16 outputs, with float32 matmul operands (the interpreter's bf16
+    # arithmetic is wrong, so only the matmul dtype differs from the GPU): relative RMS error <= 1e-2
+    import triton.language as tl
+
+    import seqmodels.kernels.gla.triton_chunk as tc
+
+    real = tc._numerics
+    monkeypatch.setattr(tc, "_numerics", lambda dt: (torch.float32, tl.float32, tl.float32, "ieee")
+                        if dt == torch.bfloat16 else real(dt))
+    q, k, v, g, h0 = make_inputs(torch.bfloat16, gate, strength=1.0)
+    gen = torch.Generator().manual_seed(1)
+    w_o, w_s = torch.randn(v.shape, generator=gen), torch.randn(h0.shape, generator=gen)
+    ours = _grads(lambda q, k, v, g, h0: gla_triton(q, k, v, g, 0.5, h0, True, False, 32), (q, k, v, g, h0), (w_o, w_s))
+    ref = _grads(lambda q, k, v, g, h0: reference_gla(q, k, v, g, 0.5, h0, False),
+                 tuple(None if x is None else x.double() for x in (q, k, v, g, h0)), (w_o, w_s))
+    o, ht = gla_triton(q, k, v, g, 0.5, h0, True, False, 32)
+    ro, rS = reference_gla(q, k, v, g, 0.5, h0, False)
+    assert o.dtype == torch.bfloat16 and ht.dtype == torch.float32
+    assert rel_rms_err(o, ro) <= 1e-2 and rel_rms_err(ht, rS) <= 1e-2
+    for name, a, b in zip(("dq", "dk", "dv", "dlog_decay_k", "dinitial_state"), ours, ref):
+        if b is not None:
+            assert a.dtype == (torch.float32 if name == "dinitial_state" else torch.bfloat16), name
+            assert rel_rms_err(a, b) <= 1e-2, name
+
+
 def test_cpu_tensors_without_interpreter_raise(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     q, k, v, g, _ = make_inputs(torch.float32, None, T=8, device="cpu")
