@@ -100,6 +100,21 @@ def _store_tile(base, x, T, D: tl.constexpr, row_stride: tl.constexpr, t0, d0, B
 
 
 # --------------------------------------------------------------------------------------------
+# Chunk-local cumulative gates
+# --------------------------------------------------------------------------------------------
+@triton.jit
+def _chunk_cumsum_kernel(g, gcum, T, H: tl.constexpr, D: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr,
+                         ACC: tl.constexpr):
+    """gcum[b, t, h] = sum of g from the start of t's chunk to t, for a [B, T, H, D] gate (D = 1: scalar)."""
+    it = tl.program_id(0)
+    ibh, ib, ih = _batch_head(1, H)
+    base = (ib * T * H + ih) * D
+    for db in range(0, tl.cdiv(D, BD)):
+        x = _load_tile(g + base, T, D, H * D, it * BT, db * BD, BT, BD).to(ACC)
+        _store_tile(gcum + base, tl.cumsum(x, axis=0), T, D, H * D, it * BT, db * BD, BT, BD)
+
+
+# --------------------------------------------------------------------------------------------
 # Chunk-state scan (forward states and, reversed, their gradients)
 # --------------------------------------------------------------------------------------------
 @triton.jit
@@ -536,15 +551,13 @@ def _tile_space(K: int, V: int, keys=("BK", "BV")):
 # Forward driver
 # --------------------------------------------------------------------------------------------
 def _chunk_local_cumsum(log_decay: torch.Tensor, chunk_size: int, acc_dtype: torch.dtype) -> torch.Tensor:
-    """b_t = sum of log-decays from the start of t's chunk to t (along dim 1), in acc_dtype."""
-    B, T = log_decay.shape[:2]
-    NT = triton.cdiv(T, chunk_size)
-    g = log_decay.to(acc_dtype)
-    pad = NT * chunk_size - T
-    if pad:
-        g = torch.cat([g, g.new_zeros((B, pad) + tuple(g.shape[2:]))], dim=1)
-    g = g.reshape((B, NT, chunk_size) + tuple(g.shape[2:])).cumsum(2)
-    return g.reshape((B, NT * chunk_size) + tuple(g.shape[3:]))[:, :T].contiguous()
+    """b_t = sum of log-decays from the start of t's chunk to t (along dim 1), in acc_dtype, same shape."""
+    B, T, H = log_decay.shape[:3]
+    D = log_decay.shape[3] if log_decay.dim() == 4 else 1
+    gcum = log_decay.new_empty(log_decay.shape, dtype=acc_dtype)
+    meta = dict(H=H, D=D, BT=chunk_size, BD=min(_block(D), 64), ACC=_numerics(acc_dtype)[1])
+    _launch(_chunk_cumsum_kernel, lambda m: (triton.cdiv(T, chunk_size), B * H), (log_decay, gcum, T), meta, [], [])
+    return gcum
 
 
 def _state_scan(x, y, gcum, init, scale, chunk_size, reverse, final_dtype, scalar_gate):
