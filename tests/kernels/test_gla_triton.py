@@ -187,6 +187,8 @@ def test_cpu_tensors_without_interpreter_raise(monkeypatch):
 
 
 # ---------------------------------------------------------------- GPU (compiled Triton, bf16)
+# Gates uniform in [-0.1, 0] per step: the range real models use (GLA: logsigmoid(.)/16, RetNet ~ -0.03);
+# strong gates are covered exactly by the float32/float64 tests above.
 gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
@@ -195,7 +197,7 @@ gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA dev
 @pytest.mark.parametrize("gate", GATES)
 @pytest.mark.parametrize("reverse", [False, True])
 def test_gpu_bf16_forward_close_to_float32(gate, reverse):
-    q, k, v, g, h0 = make_inputs(torch.bfloat16, gate, B=2, T=300, H=3, K=64, V=48, strength=1.0, device="cuda")
+    q, k, v, g, h0 = make_inputs(torch.bfloat16, gate, B=2, T=300, H=3, K=64, V=48, strength=0.1, device="cuda")
     o, ht = gla_triton(q, k, v, g, 64 ** -0.5, h0, True, reverse, 64)
     ro, rS = reference_gla(*(None if x is None else x.float().cpu() for x in (q, k, v, g)), 64 ** -0.5, h0.cpu(), reverse)
     assert rel_rms_err(o.float().cpu(), ro) <= 1e-2
@@ -206,7 +208,7 @@ def test_gpu_bf16_forward_close_to_float32(gate, reverse):
 @gpu
 @pytest.mark.parametrize("gate", GATES)
 def test_gpu_bf16_gradients_close_to_float32(gate):
-    q, k, v, g, h0 = make_inputs(torch.bfloat16, gate, B=2, T=300, H=3, K=64, V=48, strength=1.0, device="cuda")
+    q, k, v, g, h0 = make_inputs(torch.bfloat16, gate, B=2, T=300, H=3, K=64, V=48, strength=0.1, device="cuda")
     gen = torch.Generator().manual_seed(1)
     w_o = torch.randn(q.shape[:3] + (48,), generator=gen)
     w_s = torch.randn(h0.shape, generator=gen)
