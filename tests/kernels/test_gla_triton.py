@@ -94,23 +94,27 @@ def _grads(fn, inputs, weights):
     if ht is not None and weights[1] is not None:
         loss = loss + (ht * weights[1].to(device=ht.device, dtype=ht.dtype)).sum()
     loss.backward()
-    return [None if x is None else x.grad for x in leaves]
+    return [None if x is None else x.grad for x in leaves] + [o.detach(), None if ht is None else ht.detach()]
 
 
-def _check_grads(dtype, gate, reverse, T, K, V, chunk_size, with_state, strength=5.0):
-    q, k, v, g, h0 = make_inputs(dtype, gate, T=T, K=K, V=V, strength=strength)
+def _check_grads(dtype, gate, reverse, T, K, V, chunk_size, with_state, strength=5.0, B=1, H=2):
+    q, k, v, g, h0 = make_inputs(dtype, gate, B=B, T=T, H=H, K=K, V=V, strength=strength)
     h0 = h0 if with_state else None
     gen = torch.Generator().manual_seed(1)
     w_o = torch.randn(q.shape[:3] + (V,), generator=gen, dtype=torch.float64)
-    w_s = torch.randn(1, 2, K, V, generator=gen, dtype=torch.float64) if with_state else None
+    w_s = torch.randn(B, H, K, V, generator=gen, dtype=torch.float64) if with_state else None
     ours = _grads(lambda q, k, v, g, h0: gla_triton(q, k, v, g, 0.7, h0, with_state, reverse, chunk_size),
                   (q, k, v, g, h0), (w_o, w_s))
-    ref = _grads(lambda q, k, v, g, h0: reference_gla(q, k, v, g, 0.7, h0, reverse),
-                 tuple(None if x is None else x.double() for x in (q, k, v, g, h0)), (w_o, w_s))
-    for name, a, b in zip(("dq", "dk", "dv", "dlog_decay_k", "dinitial_state"), ours, ref):
+
+    def reference(q, k, v, g, h0):
+        o, final_state = reference_gla(q, k, v, g, 0.7, h0, reverse)
+        return o, (final_state if with_state else None)
+
+    ref = _grads(reference, tuple(None if x is None else x.double() for x in (q, k, v, g, h0)), (w_o, w_s))
+    for name, a, b in zip(("dq", "dk", "dv", "dlog_decay_k", "dinitial_state", "o", "final_state"), ours, ref):
         assert (a is None) == (b is None), name
         if a is not None:
-            assert a.dtype == (q.dtype if name != "dinitial_state" else h0.dtype), name
+            assert a.dtype == (q.dtype if name not in ("dinitial_state", "final_state") else h0.dtype), name
             assert_rel_close(a, b, TOL[dtype], name)
 
 
@@ -125,6 +129,13 @@ def test_gradients_match_token_loop(dtype, gate, reverse):
 def test_gradients_chunk16_without_states(gate):
     # several chunks (T=37, chunk 16), no initial / final state, Dk=8, Dv=4
     _check_grads(torch.float64, gate, False, T=37, K=8, V=4, chunk_size=16, with_state=False)
+
+
+@pytest.mark.parametrize("gate", ["scalar", "channel"])
+@pytest.mark.parametrize("T", [1, 17])
+def test_batch_and_sequences_shorter_than_a_chunk(gate, T):
+    # B=2, H=3 (batch/head offsets), T=1 (one partial chunk) and T=17 (a 1-token second chunk), chunk 16
+    _check_grads(torch.float64, gate, False, T=T, K=5, V=3, chunk_size=16, with_state=True, B=2, H=3)
 
 
 def test_gradients_very_strong_gates_stay_finite():
@@ -262,7 +273,7 @@ print("compiled")
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("dtype", ["bf16", "fp32"])
+@pytest.mark.parametrize("dtype", ["bf16", "fp32", "fp64"])
 def test_kernels_compile_for_sm90_without_gpu(dtype):
     # Catches errors the interpreter accepts but the compiler rejects (types, layouts), with no GPU needed.
     import os
