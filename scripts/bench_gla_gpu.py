@@ -22,6 +22,7 @@ Needs a CUDA device; fla is optional (its columns read n/a when it cannot be imp
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 
 import torch
@@ -32,6 +33,7 @@ SWEEP_T = [1024, 2048, 4096, 8192, 16384, 32768]
 SWEEP_TOKENS, SWEEP_H, SWEEP_D = 32768, 16, 128
 CHUNK = 64
 DEVICE = "cuda"
+print = functools.partial(print, flush=True)  # rows survive a run cut off by a time limit
 
 
 def _require_cuda() -> None:
