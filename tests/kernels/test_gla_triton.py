@@ -138,6 +138,16 @@ def test_batch_and_sequences_shorter_than_a_chunk(gate, T):
     _check_grads(torch.float64, gate, False, T=T, K=5, V=3, chunk_size=16, with_state=True, B=2, H=3)
 
 
+@pytest.mark.parametrize("gate", ["scalar", "channel"])
+def test_several_dk_dv_tiles(monkeypatch, gate):
+    # tiles capped at 16 so Dk=20, Dv=18 span two partial tiles each (loops and grid axes over Dk / Dv blocks)
+    import seqmodels.kernels.gla.triton_chunk as tc
+
+    real = tc._block
+    monkeypatch.setattr(tc, "_block", lambda n, cap=64: real(n, 16))
+    _check_grads(torch.float64, gate, False, T=20, K=20, V=18, chunk_size=16, with_state=True)
+
+
 def test_gradients_very_strong_gates_stay_finite():
     _check_grads(torch.float32, "channel", False, T=40, K=5, V=3, chunk_size=32, with_state=True, strength=30.0)
 
