@@ -54,9 +54,8 @@ def make_inputs(dtype, gate, B=1, T=40, H=2, K=5, V=3, strength=5.0, device=DEVI
 GATES = [None, "scalar", "channel"]
 
 
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("dtype,reverse", [(torch.float32, True)])  # other combos: in the gradient tests
 @pytest.mark.parametrize("gate", GATES)
-@pytest.mark.parametrize("reverse", [False, True])
 def test_forward_matches_token_loop(dtype, gate, reverse):
     # T=40 with chunk 32: second chunk partial; odd dims K=5, V=3; gates down to -5 per step
     q, k, v, g, h0 = make_inputs(dtype, gate)
@@ -121,7 +120,8 @@ def _check_grads(dtype, gate, reverse, T, K, V, chunk_size, with_state, strength
 @pytest.mark.parametrize("dtype,reverse", [(torch.float64, False), (torch.float64, True), (torch.float32, False)])
 @pytest.mark.parametrize("gate", GATES)
 def test_gradients_match_token_loop(dtype, gate, reverse):
-    # dq, dk, dv, d log_decay_k (incl. the final-state term), d initial_state; gradient flows into final_state
+    # o, final state, dq, dk, dv, d log_decay_k (incl. the final-state term), d initial_state;
+    # T=40 with chunk 32 (second chunk partial), K=5, V=3, gates down to -5 per step
     _check_grads(dtype, gate, reverse, T=40, K=5, V=3, chunk_size=32, with_state=True)
 
 
@@ -134,8 +134,8 @@ def test_gradients_chunk16_without_states(gate):
 @pytest.mark.parametrize("gate", ["scalar", "channel"])
 @pytest.mark.parametrize("T", [1, 17])
 def test_batch_and_sequences_shorter_than_a_chunk(gate, T):
-    # B=2, H=3 (batch/head offsets), T=1 (one partial chunk) and T=17 (a 1-token second chunk), chunk 16
-    _check_grads(torch.float64, gate, False, T=T, K=5, V=3, chunk_size=16, with_state=True, B=2, H=3)
+    # B=2, H=2 (batch/head offsets), T=1 (one partial chunk) and T=17 (a 1-token second chunk), chunk 16
+    _check_grads(torch.float64, gate, False, T=T, K=5, V=3, chunk_size=16, with_state=True, B=2, H=2)
 
 
 @pytest.mark.parametrize("gate", ["scalar", "channel"])
