@@ -588,7 +588,7 @@ def _intra_scores(q, k, gcum, scale, chunk_size, scalar_gate):
                 ACC=acc_tl, DOT=dot_tl, PREC=prec)
     grid = lambda m: (NT * (chunk_size // bc), B * H)
     _launch(_intra_scores_kernel, grid, (q, k, gcum, A, scale, T), meta, ["K", "BT"],
-            [c for c in _tile_space(K, 16, keys=("BK",))])
+            _tile_space(K, 16, keys=("BK",)))
     return A
 
 
