@@ -207,8 +207,8 @@ class LizardAttention(HedgehogWindowBase):
         q, k, v = (t[:, 0] for t in self.project(x_t[:, None]))
         phi_q, phi_k, v_h, log_gate = self.global_inputs(x_t, q, k, v)
         y_global, S = normalized_gla_step(phi_q, phi_k, v_h, state.global_state, EPS, log_decay_k=log_gate)
-        cache = WindowCache(state.window.k.clone(), state.window.v.clone(), state.window.seen)
-        y_local = attention_step(q, k, v, cache, sink_logits=self._sinks())
+        cache = WindowCache(state.window.key.clone(), state.window.value.clone(), state.window.seen)
+        y_local, cache = attention_step(q, k, v, cache, sink_logits=self._sinks())
         y = self.o_proj((y_global.to(x_t.dtype) + self.alpha[:, None] * y_local).reshape(x_t.shape[0], -1))
         return y, LizardState(S, cache)
 
