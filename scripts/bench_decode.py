@@ -6,12 +6,13 @@ KV cache (DESIGN §9).
 
 For each registered causal family (scripts/_families.py: every family from its tiny preset,
 scaled to one shape, MLP widths matched to the Transformer's parameter count) and each context
-length L: a chunked prefill of L random tokens (forward with state continuation, `--prefill_chunk`
-tokens at a time) builds the decoding state, then `--tokens` single-token `step` calls are timed
-(median and min, after 2 warm-up steps; ratios and the check use the min, the estimator least
-disturbed by other processes on a shared CPU). State bytes = ModelState.nbytes() at L. A family's larger
-contexts are skipped (and said so) when its prefill would exceed `--prefill_budget_s`,
-extrapolated from its last two prefills — on CPU that is the Transformer beyond ~16k.
+length L: a chunked prefill of L random tokens (forward with state continuation,
+`--prefill_chunk` tokens at a time) builds the decoding state; then `--tokens` single-token
+`step` calls are timed per context, the contexts taking turns in `--rounds` rounds, after 2
+warm-up steps. Reported: median and min; ratios and the check use the min, the estimator least
+disturbed by other processes on a shared CPU. State bytes = ModelState.nbytes() at L. A
+family's larger contexts are skipped (and the table says so) when its prefill would exceed
+`--prefill_budget_s`, extrapolated from its last two prefills.
 Checks the linear families' promise: latency at the largest context <= 1.1x latency at the
 smallest, and state bytes constant.
 """
@@ -39,21 +40,25 @@ def prefill(model, ids: torch.Tensor, chunk: int):
 
 
 @torch.no_grad()
-def step_latency(model, state, tokens: int, vocab: int, device) -> tuple[float, float]:
-    """(median, min) seconds of one `step` over `tokens` steps after 2 warm-up steps."""
-    token = torch.randint(0, vocab, (1,), device=device)
-    times = []
-    for i in range(tokens + 2):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        logits, state = model.step(token, state)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        if i >= 2:
-            times.append(time.perf_counter() - start)
-        token = logits.argmax(-1)
-    return statistics.median(times), min(times)
+def step_times(model, states: dict, tokens: int, rounds: int, vocab: int, device) -> dict:
+    """Per context: all timed `step` durations (s). The contexts take turns, `tokens // rounds`
+    steps each per round, so load from other processes hits every context alike."""
+    times = {context: [] for context in states}
+    tokens_now = {context: torch.randint(0, vocab, (1,), device=device) for context in states}
+    per_round = max(1, tokens // rounds)
+    for round_idx in range(rounds):
+        for context in states:
+            for i in range(per_round + (2 if round_idx == 0 else 0)):  # 2 warm-up steps first
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                start = time.perf_counter()
+                logits, states[context] = model.step(tokens_now[context], states[context])
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                if round_idx or i >= 2:
+                    times[context].append(time.perf_counter() - start)
+                tokens_now[context] = logits.argmax(-1)
+    return times
 
 
 def measure_family(name, cfg, args, device) -> list[dict]:
@@ -61,10 +66,10 @@ def measure_family(name, cfg, args, device) -> list[dict]:
 
     torch.manual_seed(0)
     model = SeqLM(cfg).to(device=device, dtype=getattr(torch, args.dtype)).eval()
-    rows, history = [], []
+    rows, history, states = [], [], {}
     gen = torch.Generator().manual_seed(0)
     for context in args.contexts:
-        if len(history) >= 1:
+        if history:
             (l0, t0), (l1, t1) = (history[-2] if len(history) > 1 else (history[-1][0] / 2, history[-1][1] / 2)), history[-1]
             power = max(1.0, math.log(max(t1, 1e-9) / max(t0, 1e-9)) / math.log(l1 / l0))
             estimate = t1 * (context / l1) ** power
@@ -73,15 +78,17 @@ def measure_family(name, cfg, args, device) -> list[dict]:
                 continue
         ids = torch.randint(0, cfg.vocab_size, (1, context), generator=gen).to(device)
         start = time.perf_counter()
-        state = prefill(model, ids, args.prefill_chunk)
-        elapsed = time.perf_counter() - start
-        history.append((context, elapsed))
-        median, best = step_latency(model, state, args.tokens, cfg.vocab_size, device)
-        rows.append({"family": name, "context": context, "state_bytes": state.nbytes(), "prefill_s": elapsed,
-                     "latency_s": median, "min_latency_s": best})
-        print(f"{name} {context}: prefill {elapsed:.1f} s, {rows[-1]['latency_s'] * 1e3:.2f} ms/token, "
-              f"{rows[-1]['state_bytes']:,} state bytes", file=sys.stderr, flush=True)
-        del state
+        states[context] = prefill(model, ids, args.prefill_chunk)
+        history.append((context, time.perf_counter() - start))
+        rows.append({"family": name, "context": context, "state_bytes": states[context].nbytes(),
+                     "prefill_s": history[-1][1]})
+    times = step_times(model, states, args.tokens, args.rounds, cfg.vocab_size, device)
+    for row in rows:
+        if "skipped" not in row:
+            row["latency_s"] = statistics.median(times[row["context"]])
+            row["min_latency_s"] = min(times[row["context"]])
+            print(f"{name} {row['context']}: prefill {row['prefill_s']:.1f} s, {row['min_latency_s'] * 1e3:.2f} ms/token "
+                  f"(min), {row['state_bytes']:,} state bytes", file=sys.stderr, flush=True)
     return rows
 
 
@@ -91,7 +98,8 @@ def main() -> None:
     parser.add_argument("--n_layers", type=int, default=2)
     parser.add_argument("--vocab", type=int, default=4096)
     parser.add_argument("--contexts", type=int, nargs="+", default=[1024, 4096, 16384, 65536])
-    parser.add_argument("--tokens", type=int, default=30, help="timed decode steps per context")
+    parser.add_argument("--tokens", type=int, default=60, help="timed decode steps per context")
+    parser.add_argument("--rounds", type=int, default=6, help="contexts take turns this many times")
     parser.add_argument("--prefill_chunk", type=int, default=2048)
     parser.add_argument("--prefill_budget_s", type=float, default=120.0)
     parser.add_argument("--threads", type=int, default=1)
