@@ -1,7 +1,8 @@
 """Model configs of every registered causal LM family at one shape, for the benchmark scripts.
 
-Each family starts from its `<preset>-tiny` preset (the preset whose `mixer:` is that family,
-so family-specific knobs — head dims, MLP kind, mixer_options — come from its authors), scaled
+Each row starts from one of the family's `*-tiny` presets (a family with several, e.g. Mega and
+Mega-chunk, gets one row per preset; family-specific knobs — head dims, MLP kind,
+mixer_options — come from its authors), scaled
 to `d_model` (head dims scale with it, head counts stay), with `n_layers`, `vocab_size` and
 `max_seq_len` set. With `match_params`, the MLP width (mlp_ratio) is searched so every family's
 parameter count is within ~2% of the Transformer's ("equal size"). Families are read from the
@@ -10,34 +11,40 @@ registry, so a new family appears without editing the scripts; one without a cau
 """
 from __future__ import annotations
 
-from importlib import resources
-
-import yaml
-
 from seqmodels import ModelConfig, SeqLM, mixer_names
 
 BASELINE = "attention"
 
 
-def _preset_for(mixer: str) -> dict:
-    root = resources.files("seqmodels") / "presets"
-    found = {}
-    for path in root.iterdir():
-        if path.name.endswith(".yaml"):
-            values = yaml.safe_load(path.read_text()) or {}
-            if values.get("mixer") == mixer and "preset" not in values:
-                found[path.name[:-5]] = values
-    tiny = sorted(name for name in found if name.endswith("-tiny"))
-    if tiny:
-        return dict(found[tiny[0]])
-    return {"mixer": mixer, "d_model": 64, "n_heads": 4}
+BASELINE_PRESET = "transformer-tiny"
+
+
+def tiny_presets() -> dict[str, list[str]]:
+    """{family key: its "-tiny" presets}; the key is the mixer, or "a+b" for a layer pattern
+    (parents resolved, so a preset built on another counts)."""
+    from seqmodels.config import presets
+
+    found: dict[str, list[str]] = {}
+    for name in presets():
+        if name.endswith("-tiny"):
+            cfg = ModelConfig.from_preset(name)
+            key = "+".join(dict.fromkeys(cfg.layers)) if cfg.layers else cfg.mixer
+            found.setdefault(key, []).append(name)
+    return found
+
+
+def _preset_values(mixer: str, preset: str | None) -> dict:
+    if preset is None:
+        return {"mixer": mixer, "d_model": 64, "n_heads": 4}
+    return {k: v for k, v in ModelConfig.from_preset(preset).to_dict().items() if v is not None}
 
 
 def family_config(mixer: str, d_model: int, n_layers: int, vocab_size: int, max_seq_len: int,
-                  mlp_ratio: float | None = None) -> ModelConfig:
-    values = _preset_for(mixer)
+                  mlp_ratio: float | None = None, preset: str | None = None) -> ModelConfig:
+    values = _preset_values(mixer, preset)
     scale = d_model / values.get("d_model", 64)
-    values.update(d_model=d_model, n_layers=n_layers, vocab_size=vocab_size, max_seq_len=max_seq_len, name=mixer)
+    values.update(d_model=d_model, n_layers=n_layers, vocab_size=vocab_size, max_seq_len=max_seq_len,
+                  name=preset or mixer)
     for key in ("head_dim_k", "head_dim_v"):
         if values.get(key):
             values[key] = int(round(values[key] * scale))
@@ -54,31 +61,41 @@ def count_params(cfg: ModelConfig) -> int:
 
 
 def family_configs(d_model: int, n_layers: int, vocab_size: int, max_seq_len: int, match_params: bool = True):
-    """[(mixer, ModelConfig or None, note)] for every registered mixer, the baseline first."""
-    names = sorted(mixer_names(), key=lambda n: (n != BASELINE, n))
-    target = count_params(family_config(BASELINE, d_model, n_layers, vocab_size, max_seq_len))
+    """[(label, ModelConfig or None, note)]: one row per "-tiny" preset (label: the mixer or layer
+    pattern, plus the preset name when a family has several) and one plain `mixer:` row per
+    registered mixer that no preset uses; the Transformer baseline first."""
+    tiny = tiny_presets()
+    covered = {m for key in tiny for m in key.split("+")}
+    plan = [(BASELINE, BASELINE_PRESET)]
+    for key in sorted(tiny):
+        for preset in tiny[key]:
+            if preset != BASELINE_PRESET:
+                plan.append((key if len(tiny[key]) == 1 else f"{key} ({preset})", preset))
+    plan += [(name, None) for name in mixer_names() if name not in covered]
+    target = count_params(family_config(BASELINE, d_model, n_layers, vocab_size, max_seq_len, preset=BASELINE_PRESET))
     rows = []
-    for name in names:
+    for label, preset in plan:
+        mixer = label.split(" ")[0]
         try:
-            cfg = family_config(name, d_model, n_layers, vocab_size, max_seq_len)
+            cfg = family_config(mixer, d_model, n_layers, vocab_size, max_seq_len, preset=preset)
             if cfg.head != "lm":
-                rows.append((name, None, f"skipped: head '{cfg.head}' (no causal LM form)"))
+                rows.append((label, None, f"skipped: head '{cfg.head}' (no causal LM form)"))
                 continue
-            if match_params and name != BASELINE and cfg.mlp != "none":
-                cfg = _match(name, cfg, target, d_model, n_layers, vocab_size, max_seq_len)
+            if match_params and label != BASELINE and cfg.mlp != "none":
+                cfg = _match(mixer, preset, cfg, target, d_model, n_layers, vocab_size, max_seq_len)
             count_params(cfg)
-            rows.append((name, cfg, ""))
+            rows.append((label, cfg, ""))
         except (ValueError, TypeError, NotImplementedError) as exc:
-            rows.append((name, None, f"skipped: {exc}"))
+            rows.append((label, None, f"skipped: {exc}"))
     return rows
 
 
-def _match(name, cfg, target, d_model, n_layers, vocab_size, max_seq_len) -> ModelConfig:
+def _match(name, preset, cfg, target, d_model, n_layers, vocab_size, max_seq_len) -> ModelConfig:
     lo, hi = 0.25, 16.0
     best = cfg
     for _ in range(30):
         mid = (lo + hi) / 2
-        trial = family_config(name, d_model, n_layers, vocab_size, max_seq_len, mlp_ratio=mid)
+        trial = family_config(name, d_model, n_layers, vocab_size, max_seq_len, mlp_ratio=mid, preset=preset)
         count = count_params(trial)
         if abs(count - target) < abs(count_params(best) - target):
             best = trial

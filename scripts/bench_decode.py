@@ -78,11 +78,19 @@ def measure_family(name, cfg, args, device) -> list[dict]:
                 continue
         ids = torch.randint(0, cfg.vocab_size, (1, context), generator=gen).to(device)
         start = time.perf_counter()
-        states[context] = prefill(model, ids, args.prefill_chunk)
+        try:
+            states[context] = prefill(model, ids, args.prefill_chunk)
+        except (ValueError, RuntimeError) as exc:  # a family's bug must not sink the other rows
+            rows.append({"family": name, "context": context, "skipped": f"failed: {type(exc).__name__}: {exc}"})
+            print(f"{name} {context}: FAILED {exc}", file=sys.stderr, flush=True)
+            break
         history.append((context, time.perf_counter() - start))
         rows.append({"family": name, "context": context, "state_bytes": states[context].nbytes(),
                      "prefill_s": history[-1][1]})
-    times = step_times(model, states, args.tokens, args.rounds, cfg.vocab_size, device)
+    try:
+        times = step_times(model, states, args.tokens, args.rounds, cfg.vocab_size, device)
+    except (ValueError, RuntimeError) as exc:
+        return [{"family": name, "context": r["context"], "skipped": f"step failed: {exc}"} for r in rows]
     for row in rows:
         if "skipped" not in row:
             row["latency_s"] = statistics.median(times[row["context"]])

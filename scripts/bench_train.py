@@ -39,7 +39,7 @@ def run_one(args) -> dict:
     from seqmodels import SeqLM
 
     torch.set_num_threads(args.threads)
-    rows = {name: cfg for name, cfg, _ in family_configs(args.d_model, args.n_layers, args.vocab, args.seq_len)}
+    rows = {label: cfg for label, cfg, _ in family_configs(args.d_model, args.n_layers, args.vocab, args.seq_len)}
     cfg = rows[args.one]
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = getattr(torch, args.dtype)
