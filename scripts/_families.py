@@ -104,3 +104,17 @@ def _match(name, preset, cfg, target, d_model, n_layers, vocab_size, max_seq_len
         else:
             hi = mid
     return best
+
+
+def select(rows, wanted=None) -> tuple[list, list[str]]:
+    """([(label, cfg)] to measure, ["label: why skipped"]) from family_configs rows, keeping only
+    the `wanted` labels when given."""
+    chosen, notes = [], []
+    for label, cfg, note in rows:
+        if wanted and label not in wanted:
+            continue
+        if cfg is None:
+            notes.append(f"{label}: {note}")
+        else:
+            chosen.append((label, cfg))
+    return chosen, notes

@@ -117,17 +117,11 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
-    from _families import family_configs
+    from _families import family_configs, select
 
-    configs = family_configs(args.d_model, args.n_layers, args.vocab, max(args.contexts) + args.tokens + 8)
-    results, notes = {}, []
-    for name, cfg, note in configs:
-        if args.families and name not in args.families:
-            continue
-        if cfg is None:
-            notes.append(f"{name}: {note}")
-            continue
-        results[name] = measure_family(name, cfg, args, device)
+    chosen, notes = select(family_configs(args.d_model, args.n_layers, args.vocab,
+                                          max(args.contexts) + args.tokens + 8), args.families)
+    results = {name: measure_family(name, cfg, args, device) for name, cfg in chosen}
 
     device_name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU ({platform.machine()}, {args.threads} thread(s))"
     print(f"device: {device_name}; torch {torch.__version__}; d_model {args.d_model}, {args.n_layers} layers, "

@@ -92,16 +92,11 @@ def main() -> None:
         print(json.dumps(run_one(args)))
         return
 
-    from _families import family_configs
+    from _families import family_configs, select
 
-    rows = family_configs(args.d_model, args.n_layers, args.vocab, args.seq_len)
-    results, notes = [], []
-    for name, cfg, note in rows:
-        if args.families and name not in args.families:
-            continue
-        if cfg is None:
-            notes.append(f"{name}: {note}")
-            continue
+    chosen, notes = select(family_configs(args.d_model, args.n_layers, args.vocab, args.seq_len), args.families)
+    results = []
+    for name, _ in chosen:
         cmd = [sys.executable, __file__, "--one", name] + [
             f"--{k}={v}" for k, v in vars(args).items() if k not in ("one", "families") and v is not None]
         proc = subprocess.run(cmd, capture_output=True, text=True)
