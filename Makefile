@@ -24,8 +24,15 @@ test: $(STAMP)
 test-slow: $(STAMP)
 	$(VENV)/bin/pytest -m slow $(PYTEST_ARGS)
 
+# The venv's `deepspeed` launcher (a venv made with --system-site-packages has no script of its
+# own: then the same launcher as a module).
+DEEPSPEED = $(if $(wildcard $(VENV)/bin/deepspeed),$(VENV)/bin/deepspeed,$(PY) -m deepspeed.launcher.runner)
+
 demo: $(STAMP)
-	$(VENV)/bin/python recipes/demo.py
+	$(DEEPSPEED) --num_gpus 1 recipes/pretrain.py --config recipes/configs/demo.yaml
+	@echo "TensorBoard logs: runs/demo   view: $(VENV)/bin/tensorboard --logdir runs"
+	@echo "HF export:        runs/demo/hf   sample: $(PY) recipes/generate.py --model runs/demo/hf"
+	@echo "(a second 'make demo' resumes from runs/demo/checkpoints; rm -rf runs/demo to start over)"
 
 clean-venv:
 	rm -rf $(VENV)

@@ -1,0 +1,130 @@
+"""From training to inference: the full float32 weights of a DeepSpeed engine or checkpoint, the
+Hugging Face export (`save_pretrained` + tokenizer, written atomically), and loading any of
+them back as a SeqLM for the generate/evaluate recipes.
+
+A checkpoint tag directory (checkpoint.py) holds `model_config.yaml` and `tokenizer/` next to
+DeepSpeed's files (written by `write_run_extras`), so it is self-contained.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from seqmodels.config import ModelConfig
+
+MODEL_CONFIG_FILE = "model_config.yaml"
+TOKENIZER_DIR = "tokenizer"
+
+
+def engine_state_dict(engine, is_main: bool) -> Optional[dict]:
+    """float32 CPU copy of the module's weights on rank 0 (None elsewhere); every rank must call
+    (ZeRO-3 gathers the partitions)."""
+    import deepspeed
+
+    module = engine.module
+    gather = engine.zero_optimization_stage() == 3
+    with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None, enabled=gather):
+        if not is_main:
+            return None
+        return {k: v.detach().to("cpu", torch.float32).clone() for k, v in module.state_dict().items()}
+
+
+def _atomic_dir_replace(tmp: Path, final: Path) -> None:
+    old = final.with_name(f".old-{final.name}")
+    if old.exists():
+        shutil.rmtree(old)
+    if final.exists():
+        os.replace(final, old)
+    os.replace(tmp, final)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+def export_hf(state_dict: dict, model_config: ModelConfig, tokenizer, out_dir: str | os.PathLike) -> Path:
+    """Write an HF directory (config.json, model.safetensors, tokenizer files) loadable with
+    `AutoModelForCausalLM.from_pretrained(out_dir)` after `import seqmodels`."""
+    from seqmodels.hf import SeqModelsConfig, SeqModelsForCausalLM
+
+    out = Path(out_dir)
+    tmp = out.with_name(f".tmp-{out.name}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    model = SeqModelsForCausalLM(SeqModelsConfig(model_config))
+    missing, unexpected = model.model.load_state_dict(state_dict, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"weights do not match the model config: missing {missing}, unexpected {unexpected}")
+    model.save_pretrained(str(tmp))
+    if tokenizer is not None:
+        tokenizer.save_pretrained(str(tmp))
+    _atomic_dir_replace(tmp, out)
+    return out
+
+
+def write_run_extras(path: Path, model_config: ModelConfig, tokenizer, run_config_yaml: Optional[str] = None) -> None:
+    """Model config, tokenizer (and the resolved run config) into a checkpoint tag directory."""
+    model_config.to_yaml(path / MODEL_CONFIG_FILE)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(str(path / TOKENIZER_DIR))
+    if run_config_yaml is not None:
+        (path / "run_config.yaml").write_text(run_config_yaml)
+
+
+def _checkpoint_state_dict(tag_dir: Path) -> dict:
+    """float32 module weights of one DeepSpeed checkpoint tag (any ZeRO stage)."""
+    if any(tag_dir.glob("zero_pp_rank_*_mp_rank_00_model_states.pt")):  # ZeRO-3: weights are partitioned
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+        state = get_fp32_state_dict_from_zero_checkpoint(str(tag_dir.parent), tag=tag_dir.name)
+        return {k: v.float() for k, v in state.items()}
+    model_file = tag_dir / "mp_rank_00_model_states.pt"
+    if not model_file.is_file():
+        raise ValueError(f"{tag_dir} is not a DeepSpeed checkpoint ({model_file.name} is missing)")
+    module = torch.load(model_file, map_location="cpu", weights_only=False)["module"]
+    return {k: v.float() for k, v in module.items()}
+
+
+def resolve_checkpoint(path: str | os.PathLike) -> Path:
+    """A tag directory: `path` itself, or the one its `latest` file names."""
+    from seqmodels.train.checkpoint import read_latest
+
+    path = Path(path)
+    if (path / MODEL_CONFIG_FILE).is_file():
+        return path
+    tag = read_latest(path)
+    if tag is None:
+        raise ValueError(
+            f"{path} is neither an HF directory (config.json), a checkpoint tag ({MODEL_CONFIG_FILE}) "
+            "nor a checkpoint directory with a `latest` file"
+        )
+    return path / tag
+
+
+def load_for_inference(path: str | os.PathLike, device="cpu", dtype=torch.float32):
+    """(SeqLM in eval mode, tokenizer or None) from an HF export directory or a checkpoint
+    (a tag directory or a checkpoints directory with `latest`)."""
+    from transformers import AutoTokenizer
+
+    from seqmodels.model import SeqLM
+
+    path = Path(path)
+    if not path.exists():
+        raise ValueError(f"model path {path} does not exist")
+    if (path / "config.json").is_file():
+        from transformers import AutoModelForCausalLM
+
+        import seqmodels  # noqa: F401  (registers the Auto classes)
+
+        hf = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype)
+        model = hf.model
+        tok_dir = path if (path / "tokenizer_config.json").is_file() else None
+    else:
+        tag_dir = resolve_checkpoint(path)
+        model = SeqLM(ModelConfig.from_yaml(tag_dir / MODEL_CONFIG_FILE))
+        model.load_state_dict(_checkpoint_state_dict(tag_dir))
+        tok_dir = tag_dir / TOKENIZER_DIR if (tag_dir / TOKENIZER_DIR).is_dir() else None
+    tokenizer = AutoTokenizer.from_pretrained(str(tok_dir)) if tok_dir is not None else None
+    return model.to(device=device, dtype=dtype).eval(), tokenizer

@@ -1,0 +1,138 @@
+"""Packed text data for the recipes: find or build (corpus -> tokenizer -> shards) under a cache
+directory, then hand out rank-aware resumable loaders (seqmodels.data, DESIGN §6).
+
+`data:` section of a run config (`TextDataSettings`):
+- `packed`: an existing packed directory (index.json; its tokenizer in `<packed>/tokenizer`
+  unless `tokenizer` is given) — nothing is built;
+- otherwise the corpus `corpus` (default "stdlib", the embedded default) is tokenized with
+  `tokenizer` (an HF tokenizer directory) or a byte-level BPE of `vocab_size` trained on it, and
+  packed into `cache_dir/<key>/`, where key hashes every setting that changes the shards. Rank 0
+  builds into a temporary directory and renames it when complete; the other ranks wait.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Callable, Iterable, Optional
+
+from seqmodels.train.distributed import DistInfo, barrier, broadcast_object
+
+TOKENIZER_DIR = "tokenizer"
+
+
+@dataclass
+class TextDataSettings:
+    packed: Optional[str] = None
+    corpus: Optional[str] = "stdlib"
+    max_bytes: Optional[int] = 20_000_000  # caps the embedded stdlib corpus only
+    text_field: str = "text"
+    tokenizer: Optional[str] = None
+    vocab_size: int = 4096
+    seq_len: int = 256
+    validation_fraction: float = 0.01
+    split_seed: int = 0
+    cache_dir: str = ".cache/seqmodels"
+    shuffle: bool = True
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "TextDataSettings":
+        valid = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - valid)
+        if unknown:
+            raise ValueError(f"unknown data setting(s) {unknown}; valid: {sorted(valid)}")
+        return cls(**values)
+
+    def build_key(self) -> str:
+        keyed = {k: v for k, v in asdict(self).items() if k not in ("packed", "cache_dir", "shuffle")}
+        if self.tokenizer:
+            keyed["tokenizer"] = str(Path(self.tokenizer).resolve())
+        if self.corpus not in (None, "stdlib"):
+            keyed["corpus"] = str(Path(self.corpus).resolve())
+        return hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _build(settings: TextDataSettings, out_dir: Path) -> None:
+    from seqmodels.data.corpus import corpus_stats, load_corpus
+    from seqmodels.data.pack import pack_corpus
+    from seqmodels.data.tokenizer import load_tokenizer, train_bpe
+
+    tmp = out_dir.with_name(f".tmp-{out_dir.name}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    corpus = load_corpus(settings.corpus, text_field=settings.text_field, max_bytes=settings.max_bytes)
+    stats = corpus_stats(corpus)
+    print(f"[data] corpus {settings.corpus or 'stdlib'}: {stats['documents']} documents, {stats['bytes'] / 1e6:.1f} MB")
+    if settings.tokenizer:
+        tok = load_tokenizer(settings.tokenizer)
+        tok.save_pretrained(str(tmp / TOKENIZER_DIR))
+    else:
+        print(f"[data] training a byte-level BPE with {settings.vocab_size} tokens")
+        tok = train_bpe(corpus, settings.vocab_size, tmp / TOKENIZER_DIR)
+    index = pack_corpus(corpus, tok, tmp, settings.seq_len, validation_fraction=settings.validation_fraction,
+                        split_seed=settings.split_seed)
+    (tmp / "settings.json").write_text(json.dumps(asdict(settings), indent=2))
+    os.replace(tmp, out_dir)
+    splits = {k: v["num_sequences"] for k, v in index["splits"].items()}
+    print(f"[data] packed {splits} sequences of {settings.seq_len} tokens into {out_dir}")
+
+
+class PackedTextData:
+    """The packed directory + tokenizer of a run; builds them on first use (rank 0)."""
+
+    def __init__(self, settings: TextDataSettings, dist_info: DistInfo):
+        from seqmodels.data.loader import read_index
+        from seqmodels.data.tokenizer import load_tokenizer, tokenizer_hash
+
+        self.settings = settings
+        self.dist = dist_info
+        if settings.packed:
+            self.path = Path(settings.packed)
+        else:
+            self.path = Path(settings.cache_dir).expanduser() / f"packed-{settings.build_key()}"
+            error = None
+            if dist_info.is_main and not (self.path / "index.json").is_file():
+                try:
+                    _build(settings, self.path)
+                except Exception as exc:  # tell the waiting ranks instead of leaving them in the barrier
+                    error = f"{type(exc).__name__}: {exc}"
+            barrier()
+            error = broadcast_object(error)
+            if error:
+                raise RuntimeError(f"building the packed data under {self.path} failed on rank 0: {error}")
+        self.index = read_index(self.path)
+        tok_dir = settings.tokenizer if (settings.packed and settings.tokenizer) else self.path / TOKENIZER_DIR
+        self.tokenizer = load_tokenizer(tok_dir)
+        self.tokenizer_hash = tokenizer_hash(self.tokenizer)
+        self.seq_len = int(self.index["seq_len"])
+
+    def train_loader(self, micro_batch_size: int, seed: int):
+        from seqmodels.data.loader import PackedLoader
+
+        return PackedLoader(self.path, micro_batch_size, split="train", seed=seed, rank=self.dist.rank,
+                            world_size=self.dist.world_size, shuffle=self.settings.shuffle,
+                            tokenizer_hash=self.tokenizer_hash)
+
+    def eval_batches(self, micro_batch_size: int) -> Optional[Callable[[], Iterable[dict]]]:
+        """A factory of the same held-out batches at every eval (None without a validation split)."""
+        from seqmodels.data.loader import PackedLoader
+
+        if "validation" not in self.index["splits"]:
+            return None
+
+        def batches():
+            return iter(PackedLoader(self.path, micro_batch_size, split="validation", rank=self.dist.rank,
+                                     world_size=self.dist.world_size, shuffle=False, drop_last=True,
+                                     tokenizer_hash=self.tokenizer_hash))
+
+        try:  # every rank must run the same number of eval batches (ZeRO-3 gathers in forward)
+            batches()
+        except ValueError as exc:
+            if self.dist.is_main:
+                print(f"[data] no eval: {exc}")
+            return None
+        return batches

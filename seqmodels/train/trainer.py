@@ -1,0 +1,339 @@
+"""The one training loop of the recipes: a DeepSpeed engine, warmup + cosine LR, periodic eval,
+atomic checkpoints with exact resume, NaN/inf guard, TensorBoard (DESIGN §7).
+
+The loop knows no model family and no data format: it gets an `nn.Module`, a train loader
+(an iterable of batch dicts with `state_dict()` / `load_state_dict()`, e.g.
+seqmodels.data.loader.PackedLoader), an optional eval-batches factory and a `loss_fn(engine,
+batch) -> scalar loss` (default: the LM loss of `model(input_ids, labels=labels)`), so the
+pretrain, linearize and probe recipes share it.
+
+Steps are optimizer steps; one step consumes `gradient_accumulation_steps` micro-batches per
+rank (the DeepSpeed JSON sets micro-batch size, accumulation and clipping). The logged loss of
+a step is the mean over its micro-batches and over ranks.
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Optional
+
+import torch
+from torch import nn
+
+from seqmodels.train.checkpoint import CheckpointManager, rng_state, set_rng_state
+from seqmodels.train.distributed import DistInfo, all_reduce_max, all_reduce_mean, barrier
+from seqmodels.train.monitor import Monitor
+from seqmodels.train.schedule import warmup_cosine_scheduler
+
+
+@dataclass
+class TrainSettings:
+    """The `train:` section of a run config."""
+
+    steps: int = 100
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 10
+    weight_decay: float = 0.1
+    betas: list = field(default_factory=lambda: [0.9, 0.95])
+    eps: float = 1e-8
+    seed: int = 0
+    log_every: int = 10  # TensorBoard scalars every k steps (metrics.jsonl gets every step)
+    eval_every: int = 0  # 0 = only at the end
+    eval_batches: int = 8
+    save_every: int = 0  # 0 = only at the end
+    keep_last: int = 2
+    resume: Any = "auto"  # "auto": resume when a checkpoint exists; True: must exist; False: must not
+    nan_skip_batches: int = 0  # micro-batches with a non-finite loss that may be skipped before stopping
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "log_every", "eval_batches", "keep_last"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"train.{name} must be a positive integer, got {value!r}")
+        for name in ("warmup_steps", "eval_every", "save_every", "nan_skip_batches", "seed"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"train.{name} must be a non-negative integer, got {value!r}")
+        if self.resume not in ("auto", True, False):
+            raise ValueError(f"train.resume must be auto, true or false, got {self.resume!r}")
+        if not (isinstance(self.lr, (int, float)) and self.lr > 0):
+            raise ValueError(f"train.lr must be > 0, got {self.lr!r}")
+        if len(self.betas) != 2:
+            raise ValueError(f"train.betas must be two numbers, got {self.betas!r}")
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "TrainSettings":
+        valid = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - valid)
+        if unknown:
+            raise ValueError(f"unknown train setting(s) {unknown}; valid: {sorted(valid)}")
+        return cls(**values)
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training stopped on a NaN/inf loss or gradient norm."""
+
+
+@dataclass
+class TrainResult:
+    step: int
+    last_loss: float
+    eval_loss: Optional[float]
+    checkpoint: Optional[Path]
+    resumed_from: Optional[str]
+    seconds: float
+
+
+def lm_loss(engine, batch: dict) -> torch.Tensor:
+    """Mean next-token cross-entropy; batches hold aligned input_ids and labels."""
+    return engine(batch["input_ids"], labels=batch["labels"]).loss
+
+
+def check_deepspeed_config(ds_config: dict) -> dict:
+    """The DeepSpeed JSON, checked for blocks the recipe owns (optimizer and LR schedule)."""
+    for key in ("optimizer", "scheduler"):
+        if key in ds_config:
+            raise ValueError(
+                f"the DeepSpeed config has an {key!r} block; remove it: the recipe passes a torch AdamW and a "
+                "warmup+cosine schedule (train.lr, train.warmup_steps, ...). A DeepSpeed optimizer block would "
+                "also JIT-compile a fused CPU Adam (~60 s)"
+            )
+    if "train_micro_batch_size_per_gpu" not in ds_config:
+        raise ValueError("the DeepSpeed config must set train_micro_batch_size_per_gpu")
+    return ds_config
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Weight decay on matrices (ndim >= 2), none on gains and biases."""
+    decay, no_decay = [], []
+    for param in model.parameters():
+        if param.requires_grad:
+            (decay if param.ndim >= 2 else no_decay).append(param)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def build_engine(model: nn.Module, ds_config: dict, settings: TrainSettings):
+    """deepspeed.initialize with a torch AdamW client optimizer and the warmup+cosine scheduler."""
+    import deepspeed
+
+    check_deepspeed_config(ds_config)
+    optimizer = torch.optim.AdamW(param_groups(model, settings.weight_decay), lr=settings.lr,
+                                  betas=tuple(settings.betas), eps=settings.eps)
+    scheduler = warmup_cosine_scheduler(optimizer, min(settings.warmup_steps, settings.steps), settings.steps,
+                                          settings.min_lr_ratio)
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
+                                           config=dict(ds_config))
+    return engine
+
+
+def _to_device(batch: dict, device) -> dict:
+    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def _batch_tokens(batch: dict) -> int:
+    ids = batch.get("input_ids")
+    return int(ids.numel()) if isinstance(ids, torch.Tensor) else 0
+
+
+def params_finite(engine) -> bool:
+    """All parameters finite on every rank (ZeRO-3 checks each rank's own partition)."""
+    bad = 0.0
+    for param in engine.module.parameters():
+        local = getattr(param, "ds_tensor", param)
+        if local.numel() and not bool(torch.isfinite(local).all()):
+            bad = 1.0
+            break
+    return all_reduce_max(bad) == 0.0
+
+
+def _memory_gb() -> float:
+    from deepspeed.accelerator import get_accelerator
+
+    return get_accelerator().max_memory_allocated() / 2**30
+
+
+class Trainer:
+    def __init__(
+        self,
+        model: nn.Module,
+        ds_config: dict,
+        settings: TrainSettings,
+        dist_info: DistInfo,
+        run_dir: str | os.PathLike,
+        train_loader,
+        eval_batches: Optional[Callable[[], Iterable[dict]]] = None,
+        loss_fn: Callable[[Any, dict], torch.Tensor] = lm_loss,
+        write_extras: Optional[Callable[[Path], None]] = None,
+        client_state: Optional[dict] = None,
+        callbacks: Iterable[Callable[["Trainer", int, float], None]] = (),
+    ):
+        self.settings = settings
+        self.dist = dist_info
+        self.run_dir = Path(run_dir)
+        self.train_loader = train_loader
+        self.eval_batches = eval_batches
+        self.loss_fn = loss_fn
+        self.write_extras = write_extras
+        self.client_state = dict(client_state or {})
+        self.callbacks = list(callbacks)
+        self.engine = build_engine(model, ds_config, settings)
+        self.ckpt = CheckpointManager(self.run_dir / "checkpoints", dist_info.rank, settings.keep_last)
+        self.skipped_batches = 0
+        self.last_good_checkpoint: Optional[Path] = None
+
+    # ----------------------------------------------------------- checkpoints
+    @property
+    def step(self) -> int:
+        return int(self.engine.global_steps)
+
+    def save(self) -> Path:
+        if not params_finite(self.engine):
+            raise NonFiniteLossError(
+                f"refusing to save a checkpoint at step {self.step}: the weights hold NaN/inf; "
+                f"last good checkpoint: {self.last_good_checkpoint or 'none'}"
+            )
+        rank_state = {"loader": self.train_loader.state_dict(), "rng": rng_state(), "step": self.step,
+                      "skipped_batches": self.skipped_batches}
+        client = {**self.client_state, "step": self.step, "settings": asdict(self.settings)}
+        path = self.ckpt.save(self.engine, self.step, client, rank_state, self.write_extras)
+        self.last_good_checkpoint = path
+        return path
+
+    def maybe_resume(self) -> Optional[str]:
+        self.ckpt.clean_incomplete()
+        tag = self.ckpt.latest()
+        mode = self.settings.resume
+        if tag is None:
+            if mode is True:
+                raise ValueError(f"train.resume is true but {self.ckpt.dir} holds no checkpoint")
+            return None
+        if mode is False:
+            raise ValueError(
+                f"{self.ckpt.dir} already holds checkpoint {tag} and train.resume is false; "
+                "use another run name/output_dir, delete it, or resume (train.resume: auto)"
+            )
+        tag, _, rank_state = self.ckpt.load(self.engine, tag)
+        self.train_loader.load_state_dict(rank_state["loader"])
+        set_rng_state(rank_state["rng"])
+        self.skipped_batches = int(rank_state.get("skipped_batches", 0))
+        if rank_state["step"] != self.step:
+            raise ValueError(f"checkpoint {tag}: train state is at step {rank_state['step']}, engine at {self.step}")
+        self.last_good_checkpoint = self.ckpt.dir / tag
+        return tag
+
+    # ------------------------------------------------------------------ eval
+    @torch.no_grad()
+    def evaluate(self) -> Optional[float]:
+        if self.eval_batches is None:
+            return None
+        self.engine.eval()
+        total, count = 0.0, 0
+        for i, batch in enumerate(self.eval_batches()):
+            if i >= self.settings.eval_batches:
+                break
+            total += float(self.loss_fn(self.engine, _to_device(batch, self.engine.device)))
+            count += 1
+        self.engine.train()
+        if count == 0:
+            return None
+        return all_reduce_mean(total / count)
+
+    # ------------------------------------------------------------------ loop
+    def _batches(self) -> Iterator[dict]:
+        while True:
+            produced = False
+            for batch in self.train_loader:
+                produced = True
+                yield batch
+            if not produced:
+                raise ValueError("the train loader produced no batch in a whole epoch")
+
+    def _nonfinite(self, what: str, micro: int) -> NonFiniteLossError:
+        where = self.last_good_checkpoint or "none (no checkpoint saved yet)"
+        return NonFiniteLossError(
+            f"{what} at step {self.step + 1} (micro-batch {micro + 1} of "
+            f"{self.engine.gradient_accumulation_steps()}); stopped. Last good checkpoint: {where}. "
+            f"Resume from it with a lower train.lr, or set train.nan_skip_batches: k to skip up to k bad batches "
+            f"({self.skipped_batches} skipped so far)"
+        )
+
+    def fit(self) -> TrainResult:
+        start_time = time.time()
+        s = self.settings
+        resumed = self.maybe_resume()
+        monitor = Monitor(self.run_dir, self.dist.is_main, s.steps, self.step, progress=s.progress)
+        if resumed:
+            monitor.message(f"resumed from {self.ckpt.dir / resumed} at step {self.step}")
+        engine = self.engine
+        engine.train()
+        accum = engine.gradient_accumulation_steps()
+        batches = self._batches()
+        last_loss, eval_loss, saved_at = float("nan"), None, None
+        try:
+            while self.step < s.steps:
+                step_start, tokens, losses, micro = time.time(), 0, [], 0
+                grad_norm, lr = None, float(engine.get_lr()[0])  # the lr this step uses
+                while micro < accum:
+                    batch = _to_device(next(batches), engine.device)
+                    loss = self.loss_fn(engine, batch)
+                    local_bad = not bool(torch.isfinite(loss.detach()))
+                    bad_rank = int(all_reduce_max(self.dist.rank + 1 if local_bad else 0)) - 1  # -1: none
+                    if bad_rank >= 0:
+                        if self.skipped_batches >= s.nan_skip_batches:
+                            raise self._nonfinite(f"non-finite loss on rank {bad_rank}", micro)
+                        self.skipped_batches += 1
+                        monitor.message(f"step {self.step + 1}: skipped a batch with a non-finite loss "
+                                        f"({self.skipped_batches}/{s.nan_skip_batches})")
+                        continue
+                    engine.backward(loss)
+                    if engine.is_gradient_accumulation_boundary():
+                        grad_norm = self._local_grad_norm()
+                    engine.step()
+                    losses.append(float(loss.detach()))
+                    tokens += _batch_tokens(batch)
+                    micro += 1
+                ds_norm = engine.get_global_grad_norm()
+                if ds_norm is not None:
+                    grad_norm = float(ds_norm)
+                if grad_norm is not None and not math.isfinite(grad_norm):
+                    raise self._nonfinite(f"non-finite gradient norm ({grad_norm})", accum - 1)
+                step = self.step
+                last_loss = all_reduce_mean(sum(losses) / len(losses))
+                elapsed = max(time.time() - step_start, 1e-9)
+                tokens_per_s = all_reduce_mean(tokens) * self.dist.world_size / elapsed
+                monitor.train_step(step, last_loss, lr, grad_norm, tokens_per_s, _memory_gb(),
+                                   write_scalars=step % s.log_every == 0 or step == s.steps)
+                if s.eval_every and step % s.eval_every == 0 and step < s.steps:
+                    eval_loss = self.evaluate()
+                    if eval_loss is not None:
+                        monitor.eval(step, eval_loss)
+                if s.save_every and step % s.save_every == 0 and step < s.steps:
+                    saved_at = self.save()
+                for callback in self.callbacks:
+                    callback(self, step, last_loss)
+            if self.step == s.steps:
+                eval_loss = self.evaluate()
+                if eval_loss is not None:
+                    monitor.eval(self.step, eval_loss)
+                if self.last_good_checkpoint is None or self.last_good_checkpoint.name != f"global_step{self.step}":
+                    saved_at = self.save()
+                else:
+                    saved_at = self.last_good_checkpoint
+        finally:
+            monitor.close()
+        barrier()
+        return TrainResult(self.step, last_loss, eval_loss, saved_at, resumed, time.time() - start_time)
+
+    def _local_grad_norm(self) -> Optional[float]:
+        """2-norm of the accumulated gradients before the step (ZeRO-0, where DeepSpeed keeps none)."""
+        if self.engine.zero_optimization_stage() > 0:
+            return None
+        grads = [p.grad for p in self.engine.module.parameters() if p.grad is not None]
+        if not grads:
+            return None
+        return math.sqrt(sum(float(g.detach().float().pow(2).sum()) for g in grads))
