@@ -89,7 +89,10 @@ def gathered_state_dict(engine) -> dict:
     return engine_state_dict(engine, is_main=True)
 
 
-def resolve_data(cfg: dict, teacher_dir: str, info) -> PackedTextData:
+def resolve_data(cfg: dict, teacher_dir: str, vocab_size: int, info) -> PackedTextData:
+    """Packed shards tokenized with the teacher's tokenizer (checked against its vocab before packing)."""
+    from seqmodels.data.tokenizer import load_tokenizer
+
     data_cfg = dict(cfg["data"])
     if not data_cfg.get("tokenizer") and not data_cfg.get("packed"):
         tok_dir = teacher_tokenizer_dir(teacher_dir)
@@ -97,7 +100,11 @@ def resolve_data(cfg: dict, teacher_dir: str, info) -> PackedTextData:
             raise ValueError(f"teacher {teacher_dir} has no tokenizer files (tokenizer.json / tokenizer_config.json); "
                              "set data.tokenizer to the teacher's tokenizer directory")
         data_cfg["tokenizer"] = str(tok_dir)
-    return PackedTextData(TextDataSettings.from_dict(data_cfg), info)
+    if data_cfg.get("tokenizer"):
+        check_tokenizer(load_tokenizer(data_cfg["tokenizer"]), vocab_size)
+    data = PackedTextData(TextDataSettings.from_dict(data_cfg), info)
+    check_tokenizer(data.tokenizer, vocab_size)
+    return data
 
 
 class ScalarLog:
@@ -260,8 +267,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     from deepspeed.accelerator import get_accelerator
 
     teacher = load_teacher(cfg["teacher"], DTYPES[cfg["teacher_dtype"]])
-    data = resolve_data(cfg, cfg["teacher"], info)
-    check_tokenizer(data.tokenizer, teacher.cfg.vocab_size)
+    data = resolve_data(cfg, cfg["teacher"], teacher.cfg.vocab_size, info)
     teacher.to(get_accelerator().current_device_name())
     micro = int(ds_config["train_micro_batch_size_per_gpu"])
     eval_batches = data.eval_batches(micro)

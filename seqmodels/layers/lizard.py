@@ -212,8 +212,8 @@ class LizardAttention(HedgehogWindowBase):
         y_global, S = normalized_gla_step(phi_q, phi_k, v_h, state.global_state, EPS, log_decay_k=log_gate)
         if not self.linear_branch_enabled:
             y_global = torch.zeros_like(y_global)
-        cache = WindowCache(state.window.k.clone(), state.window.v.clone(), state.window.seen)
-        y_local = attention_step(q, k, v, cache, sink_logits=self._sinks())
+        cache = WindowCache(state.window.key.clone(), state.window.value.clone(), state.window.seen)
+        y_local, cache = attention_step(q, k, v, cache, sink_logits=self._sinks())
         y = self.o_proj((y_global.to(x_t.dtype) + self.alpha[:, None] * y_local).reshape(x_t.shape[0], -1))
         return y, LizardState(S, cache)
 

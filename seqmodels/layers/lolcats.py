@@ -138,16 +138,16 @@ class LolcatsAttention(HedgehogWindowBase):
         w = self.options.window
         q, k, v = (t[:, 0] for t in self.project(x_t[:, None]))
         S = state.linear_state
-        cache = WindowCache(state.window.k.clone(), state.window.v.clone(), state.window.seen)
+        cache = WindowCache(state.window.key.clone(), state.window.value.clone(), state.window.seen)
         if cache.seen >= w:  # the key at position seen - w leaves the window: fold it into S
             slot = (cache.seen - w) % w
-            k_old, v_old = cache.k[:, slot], self.expand_kv(cache.v[:, slot])
+            k_old, v_old = cache.key[:, slot], self.expand_kv(cache.value[:, slot])
             _, phi_old = self._features(q, k_old)
             v1_old = torch.cat([v_old, v_old.new_ones(B, self.n_heads, 1)], dim=-1)
             S = S + torch.einsum("bhf,bhd->bhfd", phi_old, v1_old).to(S.dtype)
-        cache.append(k, v)
+        cache.append(k[:, None], v[:, None])
         valid = cache.positions() >= 0  # [w]
         phi_q, _ = self._features(q, k)
-        scores = torch.einsum("bhd,blhd->bhl", q, self.expand_kv(cache.k)) / math.sqrt(self.dk)
-        y = self._mix(scores[:, :, None], valid[None, None, None], self.expand_kv(cache.v), phi_q[:, None], None, None, S)
+        scores = torch.einsum("bhd,blhd->bhl", q, self.expand_kv(cache.key)) / math.sqrt(self.dk)
+        y = self._mix(scores[:, :, None], valid[None, None, None], self.expand_kv(cache.value), phi_q[:, None], None, None, S)
         return self.o_proj(y.reshape(B, -1)), LolcatsState(S, cache)
