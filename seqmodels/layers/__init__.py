@@ -3,6 +3,7 @@ from seqmodels.layers.registry import get_mixer, mixer_names, register_mixer
 from seqmodels.layers.base import Mixer
 
 # one import per family: each module registers its mixer(s) with @register_mixer
+from seqmodels.layers import arelit  # noqa: F401
 from seqmodels.layers import attention  # noqa: F401
 from seqmodels.layers import base_conv  # noqa: F401
 from seqmodels.layers import based  # noqa: F401
@@ -13,6 +14,7 @@ from seqmodels.layers import lightning  # noqa: F401
 from seqmodels.layers import lizard  # noqa: F401
 from seqmodels.layers import lolcats  # noqa: F401
 from seqmodels.layers import mega  # noqa: F401
+from seqmodels.layers import relit  # noqa: F401
 from seqmodels.layers import retnet  # noqa: F401
 from seqmodels.layers import sliding_window  # noqa: F401
 from seqmodels.layers import titans_mag  # noqa: F401

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from seqmodels.kernels.attention import WindowCache, attention, attention_step
-from seqmodels.layers.attention import AttentionOptions, SoftmaxAttention
+from seqmodels.layers.attention import AttentionOptions, SoftmaxAttention, attention_backend
 from seqmodels.layers.registry import register_mixer
 
 
@@ -40,9 +40,6 @@ class SlidingWindowAttention(SoftmaxAttention):
     def window(self) -> int:
         return self.options.window
 
-    def _backend(self) -> str:
-        return "naive" if self.cfg.kernel_backend == "naive" else "auto"
-
     def init_state(self, batch_size, device=None, dtype=None) -> WindowCache:
         shape = (batch_size, self.window, self.n_kv_heads, self.head_dim)
         return WindowCache(torch.zeros(shape, device=device, dtype=dtype), torch.zeros(shape, device=device, dtype=dtype), 0)
@@ -55,7 +52,8 @@ class SlidingWindowAttention(SoftmaxAttention):
         if state is not None and offset > 0:  # prepend the cached keys/values (positions first..offset-1)
             k_past, v_past, first = state.ordered()
             k, v = torch.cat([k_past, k], dim=1), torch.cat([v_past, v], dim=1)
-        out = attention(q, k, v, causal=True, window=self.window, q_offset=offset, k_offset=first, backend=self._backend())
+        out = attention(q, k, v, causal=True, window=self.window, q_offset=offset, k_offset=first,
+                        scale=self.head_dim ** -0.5, backend=attention_backend(self.cfg))
         y = self.o_proj(out.reshape(batch, time, self.n_heads * self.head_dim))
         if not return_state:
             return y, None
@@ -63,6 +61,6 @@ class SlidingWindowAttention(SoftmaxAttention):
 
     def step(self, x_t, state: WindowCache):
         q, k, v = self.project(x_t[:, None], state.seen)
-        cache = WindowCache(state.k.clone(), state.v.clone(), state.seen)
-        out = attention_step(q[:, 0], k[:, 0], v[:, 0], cache)
+        cache = WindowCache(state.key.clone(), state.value.clone(), state.seen)
+        out, cache = attention_step(q[:, 0], k[:, 0], v[:, 0], cache, scale=self.head_dim ** -0.5)
         return self.o_proj(out.reshape(x_t.shape[0], -1)), cache

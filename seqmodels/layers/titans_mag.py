@@ -112,7 +112,7 @@ class TitansMAG(Mixer):
     def step(self, x_t, state: TitansMAGState):
         read, memory = self.memory.step(x_t, state.memory)
         q, k, v = self.attn.project(x_t[:, None], state.window.seen)
-        cache = WindowCache(state.window.k.clone(), state.window.v.clone(), state.window.seen)
+        cache = WindowCache(state.window.key.clone(), state.window.value.clone(), state.window.seen)
         prefix_k, prefix_v = self._prefix(x_t.dtype)
-        out = attention_step(q[:, 0], k[:, 0], v[:, 0], cache, prefix_k=prefix_k, prefix_v=prefix_v)
+        out, cache = attention_step(q[:, 0], k[:, 0], v[:, 0], cache, prefix_k=prefix_k, prefix_v=prefix_v)
         return self._combine(out, read), TitansMAGState(cache, memory)
