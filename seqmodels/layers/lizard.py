@@ -155,6 +155,7 @@ class LizardAttention(HedgehogWindowBase):
         self.gate_proj = nn.Linear(cfg.d_model, self.n_heads, bias=True)  # w_γ, b_γ per head
         self.meta_logits = nn.Parameter(torch.zeros(self.n_heads, self.options.n_meta))  # μ [H, m]
         self.alpha = nn.Parameter(torch.ones(self.n_heads))  # α per head
+        self.linear_branch_enabled = True  # False zeroes ŷ_global (branch ablation, seqmodels.linearize)
         self.init_weights()
 
     def init_weights(self) -> None:
@@ -191,6 +192,8 @@ class LizardAttention(HedgehogWindowBase):
             y_global, S = normalized_gla(phi_q, phi_k, v_h, EPS, log_decay_k=log_gate, initial_state=S0,
                                          output_final_state=return_state, chunk_size=self.cfg.chunk_size,
                                          backend=self.cfg.kernel_backend)
+        if not self.linear_branch_enabled:
+            y_global = torch.zeros_like(y_global)
         offset, first = (state.window.seen, 0) if state is not None else (0, 0)
         if state is not None and offset > 0:  # cached keys/values of positions first..offset-1
             k_past, v_past, first = state.window.ordered()
@@ -207,6 +210,8 @@ class LizardAttention(HedgehogWindowBase):
         q, k, v = (t[:, 0] for t in self.project(x_t[:, None]))
         phi_q, phi_k, v_h, log_gate = self.global_inputs(x_t, q, k, v)
         y_global, S = normalized_gla_step(phi_q, phi_k, v_h, state.global_state, EPS, log_decay_k=log_gate)
+        if not self.linear_branch_enabled:
+            y_global = torch.zeros_like(y_global)
         cache = WindowCache(state.window.key.clone(), state.window.value.clone(), state.window.seen)
         y_local, cache = attention_step(q, k, v, cache, sink_logits=self._sinks())
         y = self.o_proj((y_global.to(x_t.dtype) + self.alpha[:, None] * y_local).reshape(x_t.shape[0], -1))

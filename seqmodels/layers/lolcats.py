@@ -69,6 +69,7 @@ class LolcatsAttention(HedgehogWindowBase):
     def __init__(self, cfg, layer_idx: int):
         super().__init__(cfg, layer_idx)
         self.window_logit = nn.Parameter(torch.zeros(self.n_heads))  # w_h, γ_h = σ(w_h)
+        self.linear_branch_enabled = True  # False drops the linear scores (branch ablation, seqmodels.linearize)
         self.init_weights()
 
     def init_weights(self) -> None:
@@ -97,9 +98,9 @@ class LolcatsAttention(HedgehogWindowBase):
         a = gamma * torch.exp(s - s.amax(dim=-1, keepdim=True))  # every row sees at least its own key
         v1 = torch.cat([values, values.new_ones(*values.shape[:-1], 1)], dim=-1)
         out = torch.einsum("bhtl,blhd->bthd", a, v1)
-        if linear_weights is not None:
+        if linear_weights is not None and self.linear_branch_enabled:
             out = out + torch.einsum("bhts,bshd->bthd", (1 - gamma) * linear_weights, linear_values)
-        if S is not None:
+        if S is not None and self.linear_branch_enabled:
             out = out + (1 - gamma).view(1, 1, -1, 1) * torch.einsum("bthf,bhfd->bthd", phi_q, S.to(phi_q.dtype))
         return out[..., :-1] / out[..., -1:]
 

@@ -106,12 +106,14 @@ def check_deepspeed_config(ds_config: dict) -> dict:
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Weight decay on matrices (ndim >= 2), none on gains and biases."""
+    """Weight decay on matrices (ndim >= 2), none on gains and biases; empty groups left out (DeepSpeed
+    drops them, which would desynchronize the LR scheduler, e.g. when only LoRA matrices train)."""
     decay, no_decay = [], []
     for param in model.parameters():
         if param.requires_grad:
             (decay if param.ndim >= 2 else no_decay).append(param)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return [g for g in groups if g["params"]]
 
 
 def build_engine(model: nn.Module, ds_config: dict, settings: TrainSettings):
