@@ -27,8 +27,11 @@ NEG_INF = float("-inf")
 
 
 def _masked_exp(diff: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-    """e^{diff} where keep, else 0 (masked before exp, so a positive masked exponent never overflows)."""
-    return diff.masked_fill(~keep, NEG_INF).exp()
+    """e^{diff} where keep, else 0 (masked before exp, so a positive masked exponent never overflows).
+
+    `diff` must be a fresh temporary: it is overwritten (saves two full-size copies).
+    """
+    return diff.masked_fill_(~keep, NEG_INF).exp_()
 
 
 def _sub_chunk(chunk_size: int, sub_chunk_size: int) -> int:
@@ -65,7 +68,7 @@ def _scores_per_channel(q, k, cum_k, sub):
     # diagonal blocks, entry by entry: e^{b_r - b_s}, s <= r within one sub-chunk
     causal = torch.ones(sub, sub, dtype=torch.bool, device=q.device).tril()
     decay_diag = _masked_exp(cum_blocks.unsqueeze(-2) - cum_blocks.unsqueeze(-3), causal[:, :, None])
-    a_diag = ((q_blocks.unsqueeze(-2) * decay_diag) * k_blocks.unsqueeze(-3)).sum(-1)
+    a_diag = torch.linalg.vecdot(q_blocks.unsqueeze(-2) * decay_diag, k_blocks.unsqueeze(-3))
     if n_sub == 1:
         return None, a_diag
     # earlier sub-chunks, split at the query sub-chunk's start p: e^{b_r - b_p} · e^{b_p - b_s}
@@ -115,7 +118,7 @@ def _intra_value_decay(a_off, a_diag, v, cum_v):
     cum_blocks = cum_v.unflatten(-2, (n_sub, sub))
     causal = torch.ones(sub, sub, dtype=torch.bool, device=v.device).tril()
     decay_diag = _masked_exp(cum_blocks.unsqueeze(-2) - cum_blocks.unsqueeze(-3), causal[:, :, None])
-    out = (a_diag.unsqueeze(-1) * v_blocks.unsqueeze(-3) * decay_diag).sum(-2)  # [..., M, L, Dv]
+    out = (a_diag.unsqueeze(-2) @ (v_blocks.unsqueeze(-3) * decay_diag)).squeeze(-2)  # [..., M, L, Dv]
     if a_off is not None:
         start = _block_starts(cum_v, n_sub)
         earlier = _earlier_block_mask(n_sub, sub, v.device)
@@ -207,10 +210,11 @@ def gla_chunk(
     state = (torch.zeros(B, H, Dk, Dv, dtype=dtype, device=q.device) if initial_state is None
              else initial_state.to(dtype))
     starts = []
-    for n in range(n_chunks):
+    # unbind once: indexing [:, :, n] in the loop would cost a full-size zero-fill per chunk in backward
+    decays = state_decay.unbind(2) if state_decay.dim() else [state_decay] * n_chunks
+    for kv_n, decay_n in zip(chunk_kv.unbind(2), decays):
         starts.append(state)
-        decay_n = state_decay[:, :, n] if state_decay.dim() else state_decay
-        state = torch.addcmul(chunk_kv[:, :, n], state, decay_n)
+        state = torch.addcmul(kv_n, state, decay_n)
     inter = q_from_start @ torch.stack(starts, dim=2)  # [B,H,N,C,Dv]
     if gv is not None:
         inter = inter * cum_v.exp()

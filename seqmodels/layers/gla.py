@@ -21,8 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from seqmodels.layers.base import Mixer
-from seqmodels.layers.gla_state import GLAState, run_gla, step_gla, zero_gla_state
+from seqmodels.layers.gla_base import GLAMixer, GLAState, run_gla, step_gla
 from seqmodels.layers.registry import register_mixer
 from seqmodels.norm import RMSNorm
 
@@ -64,18 +63,13 @@ def expanded_head_dims(cfg, options, family: str):
 
 
 @register_mixer("gla")
-class GatedLinearAttention(Mixer):
+class GatedLinearAttention(GLAMixer):
     Options = GLAOptions
 
     def __init__(self, cfg, layer_idx: int):
         super().__init__(cfg, layer_idx)
         opts = self.options
-        self.n_heads = cfg.n_heads
-        self.dk, self.dv = expanded_head_dims(cfg, opts, "gla")
         inner_k, inner_v = self.n_heads * self.dk, self.n_heads * self.dv
-        self.q_proj = nn.Linear(cfg.d_model, inner_k, bias=False)
-        self.k_proj = nn.Linear(cfg.d_model, inner_k, bias=False)
-        self.v_proj = nn.Linear(cfg.d_model, inner_v, bias=False)
         self.g_proj = nn.Linear(cfg.d_model, inner_v, bias=False)  # W_r, the output gate
         self.gate_down = nn.Linear(cfg.d_model, opts.gate_rank, bias=False)  # W_α1
         self.gate_up = nn.Linear(opts.gate_rank, inner_k, bias=True)  # W_α2, b_α
@@ -87,13 +81,13 @@ class GatedLinearAttention(Mixer):
     def check_config(cfg, options) -> None:
         expanded_head_dims(cfg, options, "gla")
 
-    def init_state(self, batch_size, device=None, dtype=None) -> GLAState:
-        return zero_gla_state(batch_size, self.n_heads, self.dk, self.dv, device, dtype or torch.float32)
+    def head_dims(self) -> tuple[int, int]:
+        return expanded_head_dims(self.cfg, self.options, "gla")
 
     def project(self, x: torch.Tensor):
         """x [..., d] -> q, k, log_decay_k [..., H, Dk], v [..., H, Dv]."""
-        heads = lambda t, d: t.view(t.shape[:-1] + (self.n_heads, d))  # noqa: E731
         log_decay = F.logsigmoid(self.gate_up(self.gate_down(x))) / self.options.gate_normalizer
+        heads = self.split_heads
         return (heads(self.q_proj(x), self.dk), heads(self.k_proj(x), self.dk),
                 heads(self.v_proj(x), self.dv), heads(log_decay, self.dk))
 

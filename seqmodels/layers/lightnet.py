@@ -27,8 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from seqmodels.kernels.gla import gla_step
-from seqmodels.layers.base import Mixer
-from seqmodels.layers.gla_state import run_gla, state_dtype
+from seqmodels.layers.gla_base import GLAMixer, run_gla, state_dtype
 from seqmodels.layers.registry import register_mixer
 from seqmodels.norm import RMSNorm
 
@@ -67,16 +66,12 @@ def additive_gates(k: torch.Tensor, z0: Optional[torch.Tensor] = None):
 
 
 @register_mixer("lightnet")
-class LightNetAttention(Mixer):
+class LightNetAttention(GLAMixer):
     Options = LightNetOptions
 
     def __init__(self, cfg, layer_idx: int):
         super().__init__(cfg, layer_idx)
-        self.n_heads, self.dk, self.dv = cfg.n_heads, cfg.dk, cfg.dv
-        inner_k, inner_v = self.n_heads * self.dk, self.n_heads * self.dv
-        self.q_proj = nn.Linear(cfg.d_model, inner_k, bias=False)
-        self.k_proj = nn.Linear(cfg.d_model, inner_k, bias=False)
-        self.v_proj = nn.Linear(cfg.d_model, inner_v, bias=False)
+        inner_v = self.n_heads * self.dv
         self.gate_down = nn.Linear(cfg.d_model, self.options.gate_rank, bias=False)  # W_g1
         self.gate_up = nn.Linear(self.options.gate_rank, inner_v, bias=False)  # W_g2
         self.norm = RMSNorm(inner_v, cfg.norm_eps)
@@ -91,7 +86,7 @@ class LightNetAttention(Mixer):
 
     def project(self, x: torch.Tensor):
         """x [..., d] -> SiLU(q), k [..., H, Dk] (raw: the additive gate's input), v [..., H, Dv]."""
-        heads = lambda t, d: t.view(t.shape[:-1] + (self.n_heads, d))  # noqa: E731
+        heads = self.split_heads
         return heads(F.silu(self.q_proj(x)), self.dk), heads(self.k_proj(x), self.dk), heads(self.v_proj(x), self.dv)
 
     def output(self, o: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

@@ -32,8 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from seqmodels.layers.base import Mixer
-from seqmodels.layers.gla_state import GLAState, run_gla, step_gla, zero_gla_state
+from seqmodels.layers.gla_base import GLAMixer, GLAState, run_gla, step_gla
 from seqmodels.layers.registry import register_mixer
 from seqmodels.norm import RMSNorm
 
@@ -77,28 +76,28 @@ def lightning_log_decay(n_heads: int, layer_idx: int, n_layers: int, schedule: s
 
 
 @register_mixer("lightning")
-class LightningAttention(Mixer):
+class LightningAttention(GLAMixer):
     Options = LightningOptions
 
     def __init__(self, cfg, layer_idx: int):
         super().__init__(cfg, layer_idx)
-        self.n_heads, self.dk, self.dv = cfg.n_heads, cfg.dk, cfg.dv
         inner_k, inner_v = self.n_heads * self.dk, self.n_heads * self.dv
-        self.q_proj = nn.Linear(cfg.d_model, inner_k, bias=False)
-        self.k_proj = nn.Linear(cfg.d_model, inner_k, bias=False)
-        self.v_proj = nn.Linear(cfg.d_model, inner_v, bias=False)
         self.u_proj = nn.Linear(cfg.d_model, inner_v, bias=False)  # output gate u
         self.o_proj = nn.Linear(inner_v, cfg.d_model, bias=False)
         self.norm = RMSNorm(inner_v, cfg.norm_eps, elementwise_affine=False)  # SRMSNorm
-        decay = lightning_log_decay(self.n_heads, layer_idx, cfg.n_layers, self.options.decay_schedule)
-        self.register_buffer("log_decay", decay, persistent=False)
         if self.options.lrpe:  # θ initialised as TNL's code: 10000^{-2i/(H·Dk)}, i over all channels
             index = torch.arange(inner_k, dtype=torch.float64)
             self.lrpe_theta = nn.Parameter((10000.0 ** (-2.0 * index / inner_k)).view(self.n_heads, self.dk).float())
-        self.state_dk = 2 * self.dk if self.options.lrpe else self.dk
 
-    def init_state(self, batch_size, device=None, dtype=None) -> GLAState:
-        return zero_gla_state(batch_size, self.n_heads, self.state_dk, self.dv, device, dtype or torch.float32)
+    @property
+    def state_dk(self) -> int:
+        return 2 * self.dk if self.options.lrpe else self.dk
+
+    def log_decay(self, x: torch.Tensor) -> torch.Tensor:
+        """[H] constant ln λ_{h,l} in x's dtype, computed in float64 (no buffer: nothing to lose on
+        meta-device loading; callers expand it, no copy per token)."""
+        decay = lightning_log_decay(self.n_heads, self.layer_idx, self.cfg.n_layers, self.options.decay_schedule)
+        return decay.to(device=x.device, dtype=x.dtype)
 
     def _lrpe(self, x: torch.Tensor, offset: int) -> torch.Tensor:
         """[B, T, H, Dk] -> [B, T, H, 2 Dk]: [x cos θt, x sin θt] at positions offset..offset+T-1."""
@@ -108,10 +107,9 @@ class LightningAttention(Mixer):
 
     def project(self, x: torch.Tensor, offset: int):
         """x [B, T, d] -> q, k [B, T, H, Dk or 2Dk] (SiLU, then LRPE), v [B, T, H, Dv]."""
-        batch, time, _ = x.shape
-        q = F.silu(self.q_proj(x)).view(batch, time, self.n_heads, self.dk)
-        k = F.silu(self.k_proj(x)).view(batch, time, self.n_heads, self.dk)
-        v = self.v_proj(x).view(batch, time, self.n_heads, self.dv)
+        q = self.split_heads(F.silu(self.q_proj(x)), self.dk)
+        k = self.split_heads(F.silu(self.k_proj(x)), self.dk)
+        v = self.split_heads(self.v_proj(x), self.dv)
         if self.options.lrpe:
             q, k = self._lrpe(q, offset), self._lrpe(k, offset)
         return q, k, v
@@ -124,13 +122,13 @@ class LightningAttention(Mixer):
         batch, time, _ = x.shape
         offset = 0 if state is None else state.position
         q, k, v = self.project(x, offset)
-        log_decay = self.log_decay.to(x.dtype)[None, None, :].expand(batch, time, self.n_heads)
+        log_decay = self.log_decay(x)[None, None, :].expand(batch, time, self.n_heads)
         o, kv = run_gla(self.cfg, q, k, v, log_decay, 1.0, None if state is None else state.kv, return_state)
         new_state = GLAState(kv, offset + time) if return_state else None
         return self.output(o, x), new_state
 
     def step(self, x_t, state: GLAState):
         q, k, v = self.project(x_t[:, None], state.position)
-        log_decay = self.log_decay.to(x_t.dtype)[None, :].expand(x_t.shape[0], self.n_heads)
+        log_decay = self.log_decay(x_t)[None, :].expand(x_t.shape[0], self.n_heads)
         o_t, state = step_gla(q[:, 0], k[:, 0], v[:, 0], log_decay, 1.0, state)
         return self.output(o_t, x_t), state

@@ -28,8 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from seqmodels.layers.base import Mixer
-from seqmodels.layers.gla_state import GLAState, run_gla, step_gla, zero_gla_state
+from seqmodels.layers.gla_base import GLAMixer, GLAState, run_gla, step_gla
 from seqmodels.layers.registry import register_mixer
 from seqmodels.layers.rope import apply_rope, rope_cos_sin
 from seqmodels.norm import RMSNorm
@@ -54,16 +53,12 @@ def retention_log_decay(n_heads: int, dtype=torch.float64, device=None) -> torch
 
 
 @register_mixer("retnet")
-class MultiScaleRetention(Mixer):
+class MultiScaleRetention(GLAMixer):
     Options = RetNetOptions
 
     def __init__(self, cfg, layer_idx: int):
         super().__init__(cfg, layer_idx)
-        self.n_heads, self.dk, self.dv = cfg.n_heads, cfg.dk, cfg.dv
-        inner_k, inner_v = self.n_heads * self.dk, self.n_heads * self.dv
-        self.q_proj = nn.Linear(cfg.d_model, inner_k, bias=False)
-        self.k_proj = nn.Linear(cfg.d_model, inner_k, bias=False)
-        self.v_proj = nn.Linear(cfg.d_model, inner_v, bias=False)
+        inner_v = self.n_heads * self.dv
         self.g_proj = nn.Linear(cfg.d_model, inner_v, bias=False)  # W_G
         self.o_proj = nn.Linear(inner_v, cfg.d_model, bias=False)  # W_O
         if self.options.head_norm == "groupnorm":
@@ -77,19 +72,15 @@ class MultiScaleRetention(Mixer):
         if options.rotary and cfg.dk % 2:
             raise ValueError(f"retnet: rotary (Eq. 5) needs an even head_dim_k, got {cfg.dk}")
 
-    def init_state(self, batch_size, device=None, dtype=None) -> GLAState:
-        return zero_gla_state(batch_size, self.n_heads, self.dk, self.dv, device, dtype or torch.float32)
-
     def log_decay(self, x: torch.Tensor) -> torch.Tensor:
         """[H] constant ln γ_h in x's dtype (callers expand it: no copy per token)."""
         return retention_log_decay(self.n_heads, x.dtype, x.device)
 
     def project(self, x: torch.Tensor, offset: int):
         """x [B, T, d] -> q, k [B, T, H, Dk] (rotary at positions offset..offset+T-1), v [B, T, H, Dv]."""
-        batch, time, _ = x.shape
-        q = self.q_proj(x).view(batch, time, self.n_heads, self.dk)
-        k = self.k_proj(x).view(batch, time, self.n_heads, self.dk)
-        v = self.v_proj(x).view(batch, time, self.n_heads, self.dv)
+        time = x.shape[1]
+        q, k = self.split_heads(self.q_proj(x), self.dk), self.split_heads(self.k_proj(x), self.dk)
+        v = self.split_heads(self.v_proj(x), self.dv)
         if self.options.rotary:
             positions = torch.arange(offset, offset + time, device=x.device)
             cos, sin = rope_cos_sin(positions, self.dk, self.cfg.rope_theta, x.dtype)

@@ -27,9 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from seqmodels.layers.base import Mixer
 from seqmodels.layers.gla import expanded_head_dims
-from seqmodels.layers.gla_state import run_gla
+from seqmodels.layers.gla_base import GLAMixer, run_gla
 from seqmodels.layers.registry import register_mixer
 from seqmodels.norm import RMSNorm
 
@@ -59,21 +58,16 @@ class ViGOptions:
 
 
 @register_mixer("vig")
-class BidirectionalGLA(Mixer):
+class BidirectionalGLA(GLAMixer):
     causal = False
     Options = ViGOptions
 
     def __init__(self, cfg, layer_idx: int):
         super().__init__(cfg, layer_idx)
         opts = self.options
-        self.n_heads = cfg.n_heads
-        self.dk, self.dv = expanded_head_dims(cfg, opts, "vig")
         inner_k, inner_v = self.n_heads * self.dk, self.n_heads * self.dv
         d = cfg.d_model
         self.local_conv = nn.Conv2d(d, d, kernel_size=3, padding=1, groups=d, bias=opts.conv_bias)
-        self.q_proj = nn.Linear(d, inner_k, bias=False)
-        self.k_proj = nn.Linear(d, inner_k, bias=False)
-        self.v_proj = nn.Linear(d, inner_v, bias=False)
         self.gate_down = nn.Linear(d, opts.gate_rank, bias=False)  # W_α1
         self.gate_up = nn.Linear(opts.gate_rank, 2 * inner_k, bias=True)  # W_α2, b: both directions
         self.g_proj = nn.Linear(d, inner_v, bias=True)  # W_g, b
@@ -85,6 +79,12 @@ class BidirectionalGLA(Mixer):
     @staticmethod
     def check_config(cfg, options) -> None:
         expanded_head_dims(cfg, options, "vig")
+
+    def head_dims(self) -> tuple[int, int]:
+        return expanded_head_dims(self.cfg, self.options, "vig")
+
+    def init_state(self, batch_size, device=None, dtype=None):
+        raise ValueError("vig is bidirectional: it has no recurrent state (use head: classify)")
 
     def grid_shape(self, time: int) -> tuple[int, int]:
         if self.options.grid is not None:
@@ -107,7 +107,7 @@ class BidirectionalGLA(Mixer):
 
     def project(self, local: torch.Tensor):
         """L [B, T, d] -> q, k [B, T, H, Dk], v [B, T, H, Dv], forward and backward log-gates [B, T, H, Dk]."""
-        heads = lambda t, dim: t.view(t.shape[:-1] + (self.n_heads, dim))  # noqa: E731
+        heads = self.split_heads
         gates = F.logsigmoid(self.gate_up(self.gate_down(local))) / self.options.gate_normalizer
         forward_gate, backward_gate = gates.chunk(2, dim=-1)
         return (heads(self.q_proj(local), self.dk), heads(self.k_proj(local), self.dk), heads(self.v_proj(local), self.dv),

@@ -1,0 +1,78 @@
+"""The base of the mixers built on the `gla` op (DESIGN §3.2, §5.12): RetNet, Lightning, GLA,
+LightNet, ViG.
+
+`GLAMixer` holds the bias-free q, k, v projections split into heads (`head_dims()` gives Dk, Dv;
+the config's by default) and the decoding state `GLAState`: one matrix S [B, H, Dk, Dv] per
+head plus the number of tokens consumed (the rotary / LRPE offset of the next token).
+`run_gla` is the chunked (or naive, per `cfg.kernel_backend`) training form continuing from S;
+`step_gla` is the one-token recurrent form on a GLAState.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from torch import nn
+
+from seqmodels.kernels.gla import gla, gla_step
+from seqmodels.layers.base import Mixer
+
+
+def state_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The kernel keeps states in float32 (float64 for float64 models)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+@dataclass
+class GLAState:
+    """kv: S [B, H, Dk, Dv] (float32/float64); position: tokens consumed so far."""
+
+    kv: torch.Tensor
+    position: int = 0
+
+
+def run_gla(cfg, q, k, v, log_decay_k, scale, initial_kv: Optional[torch.Tensor], return_state: bool, reverse: bool = False):
+    """gla over [B, T, H, D] inputs from `initial_kv` (None = zeros) with the config's backend and chunk size.
+
+    Returns (o [B, T, H, Dv], final S [B, H, Dk, Dv] | None unless return_state).
+    """
+    return gla(
+        q, k, v, log_decay_k=log_decay_k, scale=scale, initial_state=initial_kv,
+        output_final_state=return_state, reverse=reverse,
+        chunk_size=cfg.chunk_size, backend=cfg.kernel_backend,
+    )
+
+
+def step_gla(q_t, k_t, v_t, log_decay_k, scale, state: GLAState):
+    """One token: q_t, k_t [B, H, Dk], v_t [B, H, Dv], log_decay_k None | [B, H] | [B, H, Dk]."""
+    o_t, kv = gla_step(q_t, k_t, v_t, log_decay_k=log_decay_k, state=state.kv, scale=scale)
+    return o_t, GLAState(kv, state.position + 1)
+
+
+class GLAMixer(Mixer):
+    """q_proj, k_proj [d -> H·Dk], v_proj [d -> H·Dv] (no bias) and a GLAState of S [B, H, state_dk, Dv]."""
+
+    def __init__(self, cfg, layer_idx: int):
+        super().__init__(cfg, layer_idx)
+        self.n_heads = cfg.n_heads
+        self.dk, self.dv = self.head_dims()
+        self.q_proj = nn.Linear(cfg.d_model, self.n_heads * self.dk, bias=False)
+        self.k_proj = nn.Linear(cfg.d_model, self.n_heads * self.dk, bias=False)
+        self.v_proj = nn.Linear(cfg.d_model, self.n_heads * self.dv, bias=False)
+
+    def head_dims(self) -> tuple[int, int]:
+        return self.cfg.dk, self.cfg.dv
+
+    @property
+    def state_dk(self) -> int:
+        """Key width of S (LRPE doubles it)."""
+        return self.dk
+
+    def split_heads(self, t: torch.Tensor, dim: int) -> torch.Tensor:
+        """[..., H·dim] -> [..., H, dim]."""
+        return t.view(t.shape[:-1] + (self.n_heads, dim))
+
+    def init_state(self, batch_size, device=None, dtype=None) -> GLAState:
+        dtype = state_dtype(dtype or torch.float32)
+        return GLAState(torch.zeros(batch_size, self.n_heads, self.state_dk, self.dv, device=device, dtype=dtype), 0)
