@@ -18,7 +18,6 @@ metrics.jsonl, run_config.yaml, checkpoints/ and result.json (test accuracy, bud
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from dataclasses import asdict
@@ -35,6 +34,7 @@ from seqmodels.config import ModelConfig  # noqa: E402
 from seqmodels.data import lra  # noqa: E402
 from seqmodels.model import SeqLM  # noqa: E402
 from seqmodels.run_config import format_config, parse_run_args  # noqa: E402
+from seqmodels.train.checkpoint import atomic_write_text  # noqa: E402
 from seqmodels.train.distributed import init_distributed  # noqa: E402
 from seqmodels.train.tensor_data import TensorLoader, eval_batches, evaluate_accuracy  # noqa: E402
 from seqmodels.train.trainer import NonFiniteLossError, Trainer, TrainSettings  # noqa: E402
@@ -118,11 +118,6 @@ def classify_loss(engine, batch: dict) -> torch.Tensor:
     return engine(batch["input_ids"], labels=batch["labels"], attention_mask=batch.get("attention_mask")).loss
 
 
-def write_json_atomic(path: Path, value) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(value, indent=1))
-    os.replace(tmp, path)
-
 
 def main(argv: Optional[Sequence[str]] = None) -> dict:
     cfg = parse_run_args(argv, DEFAULTS, open_sections=("model", "ds"), flags={"--resume": ("train.resume", True)})
@@ -172,7 +167,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
               "parameters": model.num_parameters(), "model": model_cfg.to_dict(),
               "lra_transformer_accuracy": LRA_TRANSFORMER_ACCURACY[task] / 100}
     if info.is_main:
-        write_json_atomic(run_dir / "result.json", report)
+        atomic_write_text(run_dir / "result.json", json.dumps(report, indent=1))
         print(f"[lra] {task}: test accuracy {test_accuracy:.4f} (validation {val_acc:.4f}) after {result.step} steps, "
               f"{report['seconds']:.0f} s; LRA's Transformer: {LRA_TRANSFORMER_ACCURACY[task]}%. "
               f"Results: {run_dir / 'result.json'}; TensorBoard: tensorboard --logdir {run_dir}", flush=True)

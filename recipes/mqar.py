@@ -54,6 +54,7 @@ from seqmodels.config import ModelConfig  # noqa: E402
 from seqmodels.data.mqar import mqar  # noqa: E402
 from seqmodels.model import SeqLM  # noqa: E402
 from seqmodels.run_config import format_config, parse_run_args  # noqa: E402
+from seqmodels.train.checkpoint import atomic_write_text  # noqa: E402
 from seqmodels.train.distributed import init_distributed  # noqa: E402
 from seqmodels.train.tensor_data import TensorLoader, eval_batches, evaluate_accuracy  # noqa: E402
 from seqmodels.train.trainer import NonFiniteLossError, Trainer, TrainSettings  # noqa: E402
@@ -195,11 +196,6 @@ def wait_for_ranks(store, world: int, rank: int, poll_s: float = 2.0) -> None:
 
 
 # ------------------------------------------------------------------------- runs
-def write_json_atomic(path: Path, value) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(value, indent=1))
-    os.replace(tmp, path)
-
 
 def read_result(run_dir: Path) -> Optional[dict]:
     path = run_dir / RESULT_FILE
@@ -300,17 +296,12 @@ def write_outputs(out_dir: Path, runs: list[dict], cells_dir: Path, title: str) 
     for row in rows:
         key = (row["mixer"], row["seq_len"], row["num_kv_pairs"], row["d_model"])
         writer.writerow({**row, "best_lr": int(best[key] is row)})
-    _write_text_atomic(out_dir / "results.csv", buffer.getvalue())
+    atomic_write_text(out_dir / "results.csv", buffer.getvalue())
     missing = [run["id"] for run in runs if read_result(cells_dir / run["id"]) is None]
-    _write_text_atomic(out_dir / "results.md", results_markdown(runs, best, missing, title))
+    atomic_write_text(out_dir / "results.md", results_markdown(runs, best, missing, title))
     plot_results(runs, best, out_dir / "results.png", title)
     return rows
 
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _axes(runs: list[dict]):
@@ -403,7 +394,7 @@ def main(argv: Optional[Sequence[str]] = None) -> list[dict]:
             if run_dir.exists() and not (run_dir / "checkpoints" / "latest").exists():
                 shutil.rmtree(run_dir)  # an interrupted run without a checkpoint restarts cleanly
             result = train_run(run, cfg, data, info, ds_config, run_dir)
-            write_json_atomic(run_dir / RESULT_FILE, result)
+            atomic_write_text(run_dir / RESULT_FILE, json.dumps(result, indent=1))
             if not cfg["keep_checkpoints"]:
                 shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
             print(f"[mqar] rank {rank}: run {i + 1}/{len(mine)} {run['id']}: accuracy {result['accuracy']:.4f} "
