@@ -164,3 +164,30 @@ def test_two_ranks_split_the_grid(tmp_path):
     assert logs[0].count("accuracy") >= 2 and logs[1].count("accuracy") >= 2  # two runs each
     for run_dir in (tmp_path / "ranks" / "cells").iterdir():
         assert json.loads((run_dir / "result.json").read_text())["steps"] >= 1
+
+
+def test_early_stop_ends_the_run_at_the_target(mqar_recipe, tmp_path):
+    """Target accuracy 0: the first check (step 3 of 6) stops the run; its checkpoint is kept on request."""
+    mqar_recipe.main(tiny_args(tmp_path, name="stop", **{"early_stop.accuracy": 0.0, "grid.mixers": "[attention]",
+                                                          "keep_checkpoints": "true"}))
+    run_dir = tmp_path / "stop" / "cells" / "attention_T16_kv2_d16_lr0.01"
+    result = json.loads((run_dir / "result.json").read_text())
+    assert result["steps"] == 3 and result["early_stopped"] is True
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "eval_accuracy" in r] == [3]
+    assert (run_dir / "checkpoints" / "latest").read_text().strip() == "global_step3"
+
+
+def test_grid_entries(mqar_recipe):
+    cfg = {**mqar_recipe.DEFAULTS, "grid": {"mixers": ["gla", ["base_conv", "based"],
+                                                       {"label": "attn4", "mixer": "attention", "n_heads": 4}],
+                                            "d_models": [32], "tasks": [[64, 4], [128, 8]], "lrs": [1e-3, 1e-2]}}
+    runs = mqar_recipe.build_grid(cfg)
+    assert len(runs) == 3 * 2 * 2
+    labels = {r["mixer"] for r in runs}
+    assert labels == {"gla", "base_conv+based", "attn4"}
+    attn = next(r for r in runs if r["mixer"] == "attn4")
+    assert attn["model"]["n_heads"] == 4 and attn["model"]["max_seq_len"] == 128 and attn["model"]["mlp"] == "none"
+    hybrid = next(r for r in runs if r["mixer"] == "base_conv+based")
+    assert hybrid["model"]["layers"] == ["base_conv", "based"] and hybrid["model"]["n_layers"] == 2
+    assert runs[0]["id"] == "gla_T64_kv4_d32_lr0.001"
