@@ -61,18 +61,22 @@ def synchronize(device):
         torch.cuda.synchronize()
 
 
+CLOCKS = {"wall": time.perf_counter, "process": time.process_time}  # process: CPU time, robust to a shared machine
+clock = CLOCKS["wall"]
+
+
 def time_call(fn, device, repeats, backward, warmup=True):
-    """Median wall time (s) of fn() (and its backward) over `repeats` runs, after one warm-up run if asked."""
+    """Median time (s, `clock`) of fn() (and its backward) over `repeats` runs, after one warm-up run if asked."""
     times = []
     for i in range(repeats + 1 - int(not warmup)):
         synchronize(device)
-        start = time.perf_counter()
+        start = clock()
         out = fn()
         if backward:
             out.backward(torch.ones_like(out))
         synchronize(device)
         if i or not warmup:
-            times.append(time.perf_counter() - start)
+            times.append(clock() - start)
     return statistics.median(times)
 
 
@@ -149,12 +153,19 @@ def main():
     parser.add_argument("--naive-max-T", type=int, default=4096, help="longest T timed with the token loop")
     parser.add_argument("--naive-repeats", type=int, default=1, help="timed runs of the (slow) naive forms")
     parser.add_argument("--naive-mem-gb", type=float, default=2.0, help="memory allowed to the masked T×T form")
+    parser.add_argument("--clock", default="wall", choices=sorted(CLOCKS),
+                        help="wall time, or this process's CPU time (use on a loaded shared CPU)")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     args = parser.parse_args()
+    global clock
+    clock = CLOCKS[args.clock]
+    if args.threads:
+        torch.set_num_threads(args.threads)
     print(f"device: {describe_device(args.device)}")
     print(f"gla, B={args.B} H={args.H} Dk=Dv={args.D}, per-channel key decay, float32, "
           f"chunk {args.chunk_size} / sub-chunk {args.sub_chunk}, median of {args.repeats} runs "
           f"after one warm-up (naive: {args.naive_repeats} run, no warm-up); naive T×T only where it fits in "
-          f"{args.naive_mem_gb} GB, naive loop up to T={args.naive_max_T}")
+          f"{args.naive_mem_gb} GB, naive loop up to T={args.naive_max_T}; clock: {args.clock}")
     rows = bench(args)
     names = list(BACKENDS_BY_DEVICE[args.device])
     print()

@@ -104,6 +104,23 @@ def check_prefill_continuation(mixer, x: torch.Tensor, split: int, tol: float = 
     return full_state, state
 
 
+def check_prefill_in_pieces(mixer, x: torch.Tensor, sizes, tol: float = 1e-10):
+    """forward over consecutive pieces of x (lengths `sizes`), each continuing the previous state,
+    then `step` over the remaining tokens == forward(x). Catches tail/buffer handling when a piece
+    is shorter than a conv tail or crosses a chunk boundary."""
+    with torch.no_grad():
+        full, _ = mixer(x)
+        outs, state, start = [], None, 0
+        for size in sizes:
+            y, state = mixer(x[:, start : start + size], state=state, return_state=True)
+            outs.append(y)
+            start += size
+        for t in range(start, x.shape[1]):
+            y_t, state = mixer.step(x[:, t], state)
+            outs.append(y_t[:, None])
+    assert_rel_close(torch.cat(outs, 1), full, tol, f"prefill in pieces {list(sizes)} + steps vs forward")
+
+
 def check_state_size_constant(mixer, make_input, time: int):
     """Invariant 5: state bytes after `time` tokens == after 4 * `time` tokens."""
     with torch.no_grad():

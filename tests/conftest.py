@@ -2,6 +2,8 @@
 
 Without a GPU, Triton kernels run in the interpreter: TRITON_INTERPRET must be set before any
 @triton.jit function is defined, so it is set here, before test modules import the kernels.
+Tests use tiny shapes, where one intra-op thread is as fast as two and avoids OpenMP spin-wait
+slowdowns (measured 20x for toy training) when other processes share the cores.
 """
 import os
 
@@ -10,4 +12,4 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+torch.set_num_threads(1)

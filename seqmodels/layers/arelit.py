@@ -16,6 +16,7 @@ its state is [k̃_1 .. k̃_r | s] and its output [k̃_j·φ(q)]_j, s·φ(q); (B)
 v = [c_j(t) β_t⊙v_t]_j, log_decay_v = log(1-β) per trace: its output is the traces ṽ_{j,t}.
 Differences from the released code, both harmless re-parametrizations: its tick starts at 2 for
 the first token (we use t = 1), and it adds eps to the numerator as well.
+Block options (standard / gtrxl) as in ReLiT.
 Decoding state: ArelitState (k̃ and s [B,H,η·dk,r+1], ṽ [B,H,1,r·dv], tick), constant in T.
 """
 from __future__ import annotations
@@ -91,7 +92,7 @@ class AReLiT(ReLiT):
             0,
         )
 
-    def forward(self, x, state: ArelitState | None = None, return_state: bool = False):
+    def _mix(self, x, state: ArelitState | None, return_state: bool):
         B, T, _ = x.shape
         tick = state.tick if state is not None else 0
         (qa, ka, va, gka), (qb, kb, vb, gvb) = self._gla_inputs(x, tick)
@@ -102,7 +103,7 @@ class AReLiT(ReLiT):
         y = self.o_proj(self._combine(a_out, b_out).reshape(B, T, -1))
         return y, (ArelitState(a_state, b_state, tick + T) if return_state else None)
 
-    def step(self, x_t, state: ArelitState):
+    def _mix_step(self, x_t, state: ArelitState):
         (qa, ka, va, gka), (qb, kb, vb, gvb) = ((t[:, 0] for t in group) for group in self._gla_inputs(x_t[:, None], state.tick))
         a_out, a_state = gla_step(qa, ka, va, gka, None, state.key_traces, scale=1.0)
         b_out, b_state = gla_step(qb, kb, vb, None, gvb, state.value_traces, scale=1.0)

@@ -20,7 +20,10 @@ Per head (x_t the layer input, η the feature expansion, dk/dv the key/value hea
 v = β⊙v, q = φ(q), scale 1, and the normalizer s as the ones column (value decay 0 there, so the
 last output column is s_t·φ(q_t)) — see normalized_gla. log(1-β) = logsigmoid(-W_β x);
 log(1-γ) = log1mexp(logsigmoid(a) + logsigmoid(b)), finite and ≤ 0 for every input.
-Block: our standard pre-norm residual block (the paper's GTrXL gating is not implemented).
+Block (`block` option): "standard" = our pre-norm residual block; "gtrxl" = the paper's
+attention sublayer wiring x ← g(x, relu(Mixer(Norm(x)))) with GTrXL's GRU gate g (gru_gate.py,
+the mixer then owns the residual: residual_in_mixer). The paper also gates its ReLU FFN with a
+GRU; here the channel mixer keeps the standard residual (set `mlp` as wanted): a partial port.
 Decoding state: S [B, H, η·dk, dv + 1] ([Cᵀ | s]), constant in T.
 """
 from __future__ import annotations
@@ -34,8 +37,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from seqmodels.layers.base import Mixer
+from seqmodels.layers.gru_gate import GRUGate
 from seqmodels.layers.normalized_gla import normalized_gla, normalized_gla_step, zero_state
 from seqmodels.layers.registry import register_mixer
+from seqmodels.norm import build_norm
 
 
 def positive_int_option(family: str, name: str, value) -> None:
@@ -43,16 +48,22 @@ def positive_int_option(family: str, name: str, value) -> None:
         raise ValueError(f"mixer_options.{family}.{name} must be a positive integer, got {value!r}")
 
 
+BLOCKS = ("standard", "gtrxl")
+
+
 @dataclass
 class ReLiTOptions:
     family: ClassVar[str] = "relit"  # names the options in error messages
     eta: int = 4  # feature expansion η: φ has η · head_dim_k dims
     eps: float = 1e-5  # denominator guard (the released code's value)
+    block: str = "standard"  # "standard" residual or "gtrxl" (norm, mixer, relu, GRU gate in place of the residual)
 
     def __post_init__(self):
         positive_int_option(self.family, "eta", self.eta)
         if not self.eps > 0:
             raise ValueError(f"mixer_options.{self.family}.eps must be > 0, got {self.eps!r}")
+        if self.block not in BLOCKS:
+            raise ValueError(f"mixer_options.{self.family}.block must be one of {list(BLOCKS)}, got {self.block!r}")
 
 
 def log1mexp(x: torch.Tensor) -> torch.Tensor:
@@ -82,6 +93,9 @@ class ReLiT(Mixer):
         self.beta_proj = nn.Linear(d, H * cfg.dv)
         self.gamma_proj = nn.Linear(d, H * cfg.dk)
         self.o_proj = nn.Linear(H * cfg.dv, d)
+        self.residual_in_mixer = self.options.block == "gtrxl"
+        if self.residual_in_mixer:
+            self.in_norm, self.gate = build_norm(cfg), GRUGate(d)
 
     def features(self, x: torch.Tensor):
         """φ(q), γ⊙φ(k) [B,T,H,η·dk], β⊙v [B,T,H,dv], log(1-γ) [B,T,H,η·dk], log(1-β) [B,T,H,dv],
@@ -100,6 +114,18 @@ class ReLiT(Mixer):
         return zero_state(batch_size, self.n_heads, self.feature_dim, self.head_dim_v, device, dtype)
 
     def forward(self, x, state=None, return_state: bool = False):
+        if not self.residual_in_mixer:
+            return self._mix(x, state, return_state)
+        y, state = self._mix(self.in_norm(x), state, return_state)
+        return self.gate(x, F.relu(y)), state
+
+    def step(self, x_t, state):
+        if not self.residual_in_mixer:
+            return self._mix_step(x_t, state)
+        y, state = self._mix_step(self.in_norm(x_t), state)
+        return self.gate(x_t, F.relu(y)), state
+
+    def _mix(self, x, state, return_state):
         B, T, _ = x.shape
         phi_q, k, v, log_decay_k, log_decay_v = self.features(x)[:5]
         o, new_state = normalized_gla(phi_q, k, v, self.options.eps, log_decay_k, log_decay_v, initial_state=state,
@@ -107,7 +133,7 @@ class ReLiT(Mixer):
                                       backend=self.cfg.kernel_backend)
         return self.o_proj(o.reshape(B, T, -1)), new_state
 
-    def step(self, x_t, state):
+    def _mix_step(self, x_t, state):
         phi_q, k, v, log_decay_k, log_decay_v = (t[:, 0] for t in self.features(x_t[:, None])[:5])
         o, state = normalized_gla_step(phi_q, k, v, state, self.options.eps, log_decay_k, log_decay_v)
         return self.o_proj(o.reshape(x_t.shape[0], -1)), state

@@ -3,12 +3,13 @@
 of its recurrence written here from the equations (ReLiT: C_t, s_t, o_t; AReLiT: the r
 cosine-modulated traces), the stable log(1-γ), SeqLMs that learn, greedy generate, config
 errors. float64, tolerance 1e-10."""
+import dataclasses
 import math
 
 import pytest
 import torch
 
-from seqmodels import ModelConfig
+from seqmodels import ModelConfig, SeqLM
 from seqmodels.layers.relit import log1mexp
 from seqmodels.testing import (
     assert_rel_close,
@@ -97,6 +98,28 @@ def test_log1mexp_is_stable():
     assert_rel_close(log1mexp(mid), torch.log(1 - torch.exp(mid)), 1e-9, "log1mexp vs log(1 - e^x)")
 
 
+@pytest.mark.parametrize("mixer", ["relit", "arelit"])
+def test_gtrxl_block_contract_and_gate(mixer):
+    """block: gtrxl: x <- g(x, relu(Mixer(Norm(x)))) with GTrXL's GRU gate (arXiv 1910.06764 §3.1), written out here."""
+    options = {"eta": 3, "block": "gtrxl", **({"r": 2} if mixer == "arelit" else {})}
+    cfg = ModelConfig(vocab_size=64, d_model=30, n_heads=2, head_dim_k=5, head_dim_v=7, mixer=mixer, chunk_size=16,
+                      norm="layernorm", mixer_options={mixer: options})
+    layer = check_mixer_contract(cfg)
+    x = torch.randn(2, 37, 30, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    y = torch.relu(layer._mix(torch.nn.functional.layer_norm(x, (30,), eps=cfg.norm_eps), None, False)[0])
+    gate = layer.gate
+    Wr, Wz, Wg = gate.y_proj.weight.split(30)
+    Ur, Uz = gate.x_proj.weight.split(30)
+    r = torch.sigmoid(y @ Wr.T + x @ Ur.T)
+    z = torch.sigmoid(y @ Wz.T + x @ Uz.T - 2.0)
+    h = torch.tanh(y @ Wg.T + (r * x) @ gate.rx_proj.weight.T)
+    assert_rel_close(layer(x)[0], (1 - z) * x + z * h, TOL64, "gtrxl block vs GRU gate formula")
+    torch.manual_seed(0)
+    model = SeqLM(dataclasses.replace(cfg, n_layers=2)).double()
+    assert all(block.mixer_norm is None for block in model.blocks)
+    check_generate_matches_forward(model, torch.randint(0, 64, (2, 9), generator=torch.Generator().manual_seed(5)))
+
+
 def test_seqlm_learns_and_generates():
     cfg = ModelConfig(vocab_size=32, d_model=32, n_layers=2, n_heads=2, mixer="relit", chunk_size=16, max_seq_len=128,
                       mixer_options={"relit": {"eta": 2}})
@@ -105,7 +128,10 @@ def test_seqlm_learns_and_generates():
     check_generate_matches_forward(model, torch.randint(0, 32, (2, 9), generator=torch.Generator().manual_seed(2)))
 
 
-@pytest.mark.parametrize("options, match", [({"eta": 0}, "eta must be a positive integer"), ({"eps": -1.0}, "eps must be > 0")])
+@pytest.mark.parametrize(
+    "options, match",
+    [({"eta": 0}, "eta must be a positive integer"), ({"eps": -1.0}, "eps must be > 0"), ({"block": "gru"}, "block must be one of")],
+)
 def test_bad_config_raises(options, match):
     with pytest.raises(ValueError, match=match):
         ModelConfig(d_model=32, n_heads=2, mixer="relit", mixer_options={"relit": options})

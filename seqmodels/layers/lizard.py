@@ -1,0 +1,243 @@
+"""Lizard attention: gated linear attention over Hedgehog feature maps plus an anchor-window softmax with meta memory.
+
+Lizard, arXiv 2507.09025 (v4) §3-4; DESIGN §5.10. No rotary positions. Per query head h (GQA: key/value
+head h // (H / Hkv)), with q, k, v the softmax attention's projections (same names and shapes as
+seqmodels/layers/attention.py, so `from_attention` copies them):
+  global branch (gated linear attention, Hedgehog map with separate learned W_q, W_k per head):
+    φ(x) = exp([x W, −x W] − max_f [x W, −x W])                       (2F features; see "stabilization")
+    Γ_i = σ(x_i w_γ) per head,  log Γ_i = logsigmoid(x_i w_γ)   (passed to `gla` as log_decay_k [B, T, H])
+    S_i = Γ_i S_{i−1} + φ_k(k_i) [v_i, 1]ᵀ,   ŷ_g,i = (φ_q(q_i)ᵀ S_i)[:Dv] / ((φ_q(q_i)ᵀ S_i)[Dv] + eps)
+  local branch (anchor window of w tokens, m learned meta-memory logits μ_h,1..m in the denominator):
+    ŷ_l,i = Σ_{i−w<j≤i} e^{q_i·k_j/√D} v_j / (Σ_{i−w<j≤i} e^{q_i·k_j/√D} + Σ_r e^{μ_h,r})
+  output:  y_i = W_O (ŷ_g,i + α_h ŷ_l,i)   (α learned per head; two separately normalized branches)
+Stabilization: the Hedgehog map subtracts its per-token max over the 2F exponents (inside φ, not
+detached; the same φ in every form, so forward and step agree). For φ_q the factor cancels in the
+global normalization; for φ_k it is part of the learned map (a per-key positive weight).
+Training forms (Options global_form): "gla" (the `gla` op with the ones column, backend =
+cfg.kernel_backend) or "folded" (§4's hardware trick: the cumulative log gate c_i = Σ_{l≤i} log Γ_l
+folded into the feature-map exponents, φ̃_q(q_i) = φ_q(q_i) e^{c_i − c_ref}, φ̃_k(k_j) = φ_k(k_j)
+e^{c_ref − c_j}, so the branch is one causal-masked matmul (φ̃_q φ̃_kᵀ ⊙ mask)[V, 1] without a decay
+matrix; c_ref = c at the start of each query block of `chunk_size` rows keeps every exponent
+≤ the within-block decay, so nothing overflows; equal to "gla" in float64 to 1e-10, tested).
+Decoding state (LizardState): S [B, H, 2F, Dv + 1] (values + normalizer) and a WindowCache ring
+buffer of the last w keys/values — constant in T. The meta logits are parameters.
+
+`HedgehogWindowBase` holds what Lizard and LoLCATs (lolcats.py) share: q/k/v/o projections (GQA,
+optional biases), the per-head feature maps and `from_attention`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from seqmodels.kernels._validate import check_positive_int
+from seqmodels.kernels.attention import WindowCache, attention, attention_step
+from seqmodels.layers.attention import SoftmaxAttention
+from seqmodels.layers.base import Mixer
+from seqmodels.layers.normalized_gla import normalized_gla, normalized_gla_step, zero_state
+from seqmodels.layers.registry import register_mixer
+
+GLOBAL_FORMS = ("gla", "folded")
+EPS = 1e-12  # guards the global normalizer (≥ φ_q(q_i)·φ_k(k_i) > 0, so eps only matters on underflow)
+GATE_INIT = 0.99  # initial Γ = σ(b_γ) with w_γ = 0 (our choice; the paper gives none)
+
+
+@dataclass
+class LizardOptions:
+    window: int = 128  # w: tokens of the local softmax branch (itself included)
+    n_meta: int = 4  # m: learned meta-memory logits in the local denominator (0 = none)
+    feature_dim: Optional[int] = None  # F per half of the Hedgehog map (default head_dim_k); φ has 2F dims
+    global_form: str = "gla"  # "gla" (chunked op) or "folded" (§4: gate folded into the exponents, one masked matmul)
+    qkv_bias: bool = False  # as the teacher attention's (Qwen2)
+    o_bias: bool = False
+
+    def __post_init__(self):
+        check_positive_int("window", self.window)
+        if not isinstance(self.n_meta, int) or isinstance(self.n_meta, bool) or self.n_meta < 0:
+            raise ValueError(f"n_meta must be a non-negative integer, got {self.n_meta!r}")
+        if self.feature_dim is not None:
+            check_positive_int("feature_dim", self.feature_dim)
+        if self.global_form not in GLOBAL_FORMS:
+            raise ValueError(f"global_form must be one of {list(GLOBAL_FORMS)}, got {self.global_form!r}")
+
+
+@dataclass
+class LizardState:
+    global_state: torch.Tensor  # [B, H, 2F, Dv + 1]: S and its normalizer column
+    window: WindowCache  # last w keys/values [B, w, Hkv, *]
+
+
+def hedgehog_exp(u: torch.Tensor) -> torch.Tensor:
+    """Lizard's map: exp([u, −u] − max) over the last dim, u [..., F] -> [..., 2F]."""
+    z = torch.cat([u, -u], dim=-1)
+    return torch.exp(z - z.amax(dim=-1, keepdim=True))
+
+
+class HedgehogWindowBase(Mixer):
+    """Projections (attention-compatible names), per-head feature maps W_q, W_k [H, Dk, F], from_attention."""
+
+    def __init__(self, cfg, layer_idx: int):
+        super().__init__(cfg, layer_idx)
+        opts = self.options
+        self.n_heads, self.n_kv_heads, self.dk, self.dv = cfg.n_heads, cfg.kv_heads, cfg.dk, cfg.dv
+        self.feature_dim = opts.feature_dim or cfg.dk
+        self.q_proj = nn.Linear(cfg.d_model, self.n_heads * self.dk, bias=opts.qkv_bias)
+        self.k_proj = nn.Linear(cfg.d_model, self.n_kv_heads * self.dk, bias=opts.qkv_bias)
+        self.v_proj = nn.Linear(cfg.d_model, self.n_kv_heads * self.dv, bias=opts.qkv_bias)
+        self.o_proj = nn.Linear(self.n_heads * self.dv, cfg.d_model, bias=opts.o_bias)
+        self.feature_q = nn.Parameter(torch.empty(self.n_heads, self.dk, self.feature_dim))
+        self.feature_k = nn.Parameter(torch.empty(self.n_heads, self.dk, self.feature_dim))
+
+    def init_weights(self) -> None:
+        """Feature maps start at the identity: W_h = I [Dk, F] (rectangular eye when F != Dk)."""
+        eye = torch.eye(self.dk, self.feature_dim, dtype=self.feature_q.dtype, device=self.feature_q.device)
+        with torch.no_grad():
+            self.feature_q.copy_(eye.expand_as(self.feature_q))
+            self.feature_k.copy_(eye.expand_as(self.feature_k))
+
+    @property
+    def group(self) -> int:
+        return self.n_heads // self.n_kv_heads
+
+    def project(self, x: torch.Tensor):
+        """q [B,T,H,Dk], k [B,T,Hkv,Dk], v [B,T,Hkv,Dv] (no rotary positions)."""
+        B, T, _ = x.shape
+        return (self.q_proj(x).view(B, T, self.n_heads, self.dk), self.k_proj(x).view(B, T, self.n_kv_heads, self.dk),
+                self.v_proj(x).view(B, T, self.n_kv_heads, self.dv))
+
+    def expand_kv(self, t: torch.Tensor) -> torch.Tensor:
+        """[..., Hkv, D] -> [..., H, D] (query head h reads kv head h // group)."""
+        return t.repeat_interleave(self.group, dim=-2) if self.group > 1 else t
+
+    def feature_logits(self, q: torch.Tensor, k: torch.Tensor):
+        """u_q = q W_q, u_k = k W_k per query head: q [..., H, Dk], k [..., Hkv, Dk] -> [..., H, F] each."""
+        return torch.einsum("...hd,hdf->...hf", q, self.feature_q), torch.einsum("...hd,hdf->...hf", self.expand_kv(k), self.feature_k)
+
+    def new_window_cache(self, batch_size, device, dtype) -> WindowCache:
+        w = self.options.window
+        return WindowCache(torch.zeros(batch_size, w, self.n_kv_heads, self.dk, device=device, dtype=dtype),
+                           torch.zeros(batch_size, w, self.n_kv_heads, self.dv, device=device, dtype=dtype), 0)
+
+    @classmethod
+    def from_attention(cls, attn: SoftmaxAttention, **options) -> "HedgehogWindowBase":
+        """A mixer of this family with `attn`'s q/k/v/o weights (and biases) copied; every new parameter gets
+        `init_weights()`'s init. `options` override this family's Options (window, n_meta, ...). The teacher's
+        rotary positions are dropped (Lizard and LoLCATs use none). Same device and dtype as `attn`."""
+        if not isinstance(attn, SoftmaxAttention):
+            raise ValueError(f"from_attention needs a SoftmaxAttention module (mixer 'attention'), got {type(attn).__name__}")
+        teacher = attn.options
+        options = {"qkv_bias": teacher.qkv_bias, "o_bias": teacher.o_bias, **options}
+        cfg = dataclasses.replace(attn.cfg, mixer=cls.mixer_name, layers=None, mixer_options={cls.mixer_name: options})
+        weight = attn.q_proj.weight
+        mixer = cls(cfg, attn.layer_idx).to(device=weight.device, dtype=weight.dtype)
+        mixer.init_weights()
+        with torch.no_grad():
+            for name in ("q_proj", "k_proj", "v_proj", "o_proj"):
+                src, dst = getattr(attn, name), getattr(mixer, name)
+                dst.weight.copy_(src.weight)
+                if src.bias is not None:
+                    dst.bias.copy_(src.bias)
+        return mixer
+
+
+@register_mixer("lizard")
+class LizardAttention(HedgehogWindowBase):
+    Options = LizardOptions
+
+    def __init__(self, cfg, layer_idx: int):
+        super().__init__(cfg, layer_idx)
+        self.gate_proj = nn.Linear(cfg.d_model, self.n_heads, bias=True)  # w_γ, b_γ per head
+        self.meta_logits = nn.Parameter(torch.zeros(self.n_heads, self.options.n_meta))  # μ [H, m]
+        self.alpha = nn.Parameter(torch.ones(self.n_heads))  # α per head
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        """Feature maps = identity; w_γ = 0, b_γ = logit(0.99) (Γ = 0.99); meta logits μ = 0; α = 1."""
+        super().init_weights()
+        with torch.no_grad():
+            self.gate_proj.weight.zero_()
+            self.gate_proj.bias.fill_(math.log(GATE_INIT / (1 - GATE_INIT)))
+            self.meta_logits.zero_()
+            self.alpha.fill_(1.0)
+
+    def init_state(self, batch_size, device=None, dtype=None) -> LizardState:
+        dtype = dtype or self.q_proj.weight.dtype
+        device = device or self.q_proj.weight.device
+        S = zero_state(batch_size, self.n_heads, 2 * self.feature_dim, self.dv, device, dtype)
+        return LizardState(S, self.new_window_cache(batch_size, device, dtype))
+
+    def _sinks(self):
+        return self.meta_logits if self.options.n_meta > 0 else None
+
+    def global_inputs(self, x: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
+        """φ_q(q), φ_k(k) [.., H, 2F], v per query head [.., H, Dv], log Γ [.., H]."""
+        u_q, u_k = self.feature_logits(q, k)
+        return hedgehog_exp(u_q), hedgehog_exp(u_k), self.expand_kv(v), F.logsigmoid(self.gate_proj(x))
+
+    def forward(self, x, state: Optional[LizardState] = None, return_state: bool = False):
+        B, T, _ = x.shape
+        q, k, v = self.project(x)
+        phi_q, phi_k, v_h, log_gate = self.global_inputs(x, q, k, v)
+        S0 = None if state is None else state.global_state
+        if self.options.global_form == "folded":
+            y_global, S = folded_global(phi_q, phi_k, v_h, log_gate, S0, self.cfg.chunk_size)
+        else:
+            y_global, S = normalized_gla(phi_q, phi_k, v_h, EPS, log_decay_k=log_gate, initial_state=S0,
+                                         output_final_state=return_state, chunk_size=self.cfg.chunk_size,
+                                         backend=self.cfg.kernel_backend)
+        offset, first = (state.window.seen, 0) if state is not None else (0, 0)
+        if state is not None and offset > 0:  # cached keys/values of positions first..offset-1
+            k_past, v_past, first = state.window.ordered()
+            k, v = torch.cat([k_past, k], dim=1), torch.cat([v_past, v], dim=1)
+        backend = "naive" if self.cfg.kernel_backend == "naive" else "auto"
+        y_local = attention(q, k, v, causal=True, window=self.options.window, q_offset=offset, k_offset=first,
+                            sink_logits=self._sinks(), backend=backend)
+        y = self.o_proj((y_global.to(x.dtype) + self.alpha[:, None] * y_local).reshape(B, T, -1))
+        if not return_state:
+            return y, None
+        return y, LizardState(S, WindowCache.from_prefill(k, v, self.options.window, k_offset=first))
+
+    def step(self, x_t, state: LizardState):
+        q, k, v = (t[:, 0] for t in self.project(x_t[:, None]))
+        phi_q, phi_k, v_h, log_gate = self.global_inputs(x_t, q, k, v)
+        y_global, S = normalized_gla_step(phi_q, phi_k, v_h, state.global_state, EPS, log_decay_k=log_gate)
+        cache = WindowCache(state.window.key.clone(), state.window.value.clone(), state.window.seen)
+        y_local, cache = attention_step(q, k, v, cache, sink_logits=self._sinks())
+        y = self.o_proj((y_global.to(x_t.dtype) + self.alpha[:, None] * y_local).reshape(x_t.shape[0], -1))
+        return y, LizardState(S, cache)
+
+
+def folded_global(phi_q, phi_k, v, log_gate, initial_state, block: int):
+    """Lizard §4's folded-gate form of the global branch: φ_q, φ_k [B,T,H,2F], v [B,T,H,Dv], log Γ [B,T,H],
+    initial_state None | [B,H,2F,Dv+1] -> (ŷ_g [B,T,H,Dv], final state [B,H,2F,Dv+1]). Query blocks of
+    `block` rows, each one masked matmul over all keys up to its end with the gate folded into the features."""
+    B, T, H, F2 = phi_q.shape
+    work = torch.float64 if phi_q.dtype == torch.float64 else torch.float32
+    phi_q, phi_k, log_gate = phi_q.to(work), phi_k.to(work), log_gate.to(work)
+    v1 = torch.cat([v, v.new_ones(*v.shape[:-1], 1)], dim=-1).to(work)  # [B, T, H, Dv+1]
+    c = log_gate.cumsum(dim=1)  # c_i = Σ_{l<=i} log Γ_l  [B, T, H]
+    outs = []
+    for start in range(0, T, block):
+        stop = min(T, start + block)
+        ref = c[:, start : start + 1]  # c at the block start
+        q_fold = phi_q[:, start:stop] * torch.exp(c[:, start:stop] - ref).unsqueeze(-1)  # exponent <= 0
+        k_fold = phi_k[:, :stop] * torch.exp(ref - c[:, :stop]).unsqueeze(-1)  # <= within-block decay for j >= start
+        scores = torch.einsum("bihf,bjhf->bhij", q_fold, k_fold)
+        causal = torch.ones(stop - start, stop, dtype=torch.bool, device=scores.device).tril(start)
+        o = torch.einsum("bhij,bjhd->bihd", scores.masked_fill(~causal, 0.0), v1[:, :stop])
+        if initial_state is not None:  # e^{c_i} φ_q(q_i)ᵀ S_0
+            o = o + torch.einsum("bihf,bhfd->bihd", phi_q[:, start:stop] * torch.exp(c[:, start:stop]).unsqueeze(-1),
+                                 initial_state.to(work))
+        outs.append(o)
+    o = torch.cat(outs, dim=1)
+    decay_to_end = torch.exp(c[:, -1:] - c).unsqueeze(-1)  # e^{c_T - c_j} <= 1
+    S = torch.einsum("bjhf,bjhd->bhfd", phi_k * decay_to_end, v1)
+    if initial_state is not None:
+        S = S + torch.exp(c[:, -1])[..., None, None] * initial_state.to(work)  # c[:, -1] is [B, H]
+    return o[..., :-1] / (o[..., -1:] + EPS), S

@@ -1,0 +1,152 @@
+"""LoLCATs attention: sliding-window softmax plus Hedgehog linear attention over older tokens, one shared normalizer.
+
+Zhang et al. 2024, "LoLCATs: On Low-Rank Linearizing of Large Language Models", arXiv 2410.10254 (§3.1-3.2,
+Eq. 6); DESIGN §5.10 (the second linearization recipe). No rotary positions. Per query head h, with the
+softmax attention's q/k/v/o projections (names and shapes of seqmodels/layers/attention.py; GQA):
+    φ(x) = [softmax_f(x W), softmax_f(−x W)]                   (Hedgehog softmax map, W [Dk, F] per head)
+    a_ij = γ_h exp(q_i·k_j/√D − m_i)      for i − w < j ≤ i     (window, m_i = max of these scores)
+    b_ij = (1 − γ_h) φ_q(q_i)·φ_k(k_j)    for j ≤ i − w         (linear attention over tokens that left the window)
+    y_i = W_O Σ_j (a_ij + b_ij) v_j / Σ_j (a_ij + b_ij)          (ONE normalizer over both)
+γ_h = σ(w_h) with σ(w_h) = 0.1 at init (Options window_factor_init). The window max m_i is part of the
+definition (as in the LoLCATs training code; it is not cancelled by the shared normalizer, so
+forward and step both use the max over exactly the window's scores).
+Training form: one T × S masked score matrix (quadratic, like the LoLCATs training code; the same
+form for every kernel_backend). Decoding state (LolcatsState): S [B, H, 2F, Dv + 1] over the keys
+that left the window (values + normalizer column) and a WindowCache ring buffer of the last w
+keys/values — constant in T; a key is folded into S when its ring slot is overwritten.
+Registered as its own mixer `lolcats` (LoLCATs has no gate, no meta logits and a shared normalizer,
+so it is not a switch on Lizard); projections, feature maps and `from_attention` come from
+lizard.HedgehogWindowBase.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from torch import nn
+
+from seqmodels.kernels._validate import check_positive_int
+from seqmodels.kernels.attention import WindowCache
+from seqmodels.layers.lizard import HedgehogWindowBase
+from seqmodels.layers.normalized_gla import state_dtype, zero_state
+from seqmodels.layers.registry import register_mixer
+
+
+@dataclass
+class LolcatsOptions:
+    window: int = 64  # w: tokens of the softmax window (itself included)
+    feature_dim: Optional[int] = None  # F per half of the Hedgehog map (default head_dim_k)
+    window_factor_init: float = 0.1  # γ = σ(w_h) at init
+    qkv_bias: bool = False
+    o_bias: bool = False
+
+    def __post_init__(self):
+        check_positive_int("window", self.window)
+        if self.feature_dim is not None:
+            check_positive_int("feature_dim", self.feature_dim)
+        f = self.window_factor_init
+        if not isinstance(f, (int, float)) or isinstance(f, bool) or not 0 < f < 1:
+            raise ValueError(f"window_factor_init must be a number in (0, 1), got {f!r}")
+
+
+@dataclass
+class LolcatsState:
+    linear_state: torch.Tensor  # [B, H, 2F, Dv + 1]: Σ φ_k(k_j) [v_j, 1]ᵀ over keys that left the window
+    window: WindowCache  # last w keys/values [B, w, Hkv, *]
+
+
+def hedgehog_softmax(u: torch.Tensor) -> torch.Tensor:
+    """LoLCATs' map: [softmax(u), softmax(−u)] over the last dim, u [..., F] -> [..., 2F]."""
+    return torch.cat([u.softmax(dim=-1), (-u).softmax(dim=-1)], dim=-1)
+
+
+@register_mixer("lolcats")
+class LolcatsAttention(HedgehogWindowBase):
+    Options = LolcatsOptions
+
+    def __init__(self, cfg, layer_idx: int):
+        super().__init__(cfg, layer_idx)
+        self.window_logit = nn.Parameter(torch.zeros(self.n_heads))  # w_h, γ_h = σ(w_h)
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        """Feature maps = identity; w_h = logit(window_factor_init) (γ = 0.1 by default)."""
+        super().init_weights()
+        f = self.options.window_factor_init
+        with torch.no_grad():
+            self.window_logit.fill_(math.log(f / (1 - f)))
+
+    def init_state(self, batch_size, device=None, dtype=None) -> LolcatsState:
+        dtype = dtype or self.q_proj.weight.dtype
+        device = device or self.q_proj.weight.device
+        S = zero_state(batch_size, self.n_heads, 2 * self.feature_dim, self.dv, device, dtype)
+        return LolcatsState(S, self.new_window_cache(batch_size, device, dtype))
+
+    def _features(self, q, k):
+        u_q, u_k = self.feature_logits(q, k)
+        return hedgehog_softmax(u_q), hedgehog_softmax(u_k)
+
+    def _mix(self, window_scores, window_mask, values, phi_q, linear_weights, linear_values, S):
+        """Shared normalizer over the window's exp-scores and the linear scores (one query row set).
+        window_scores/mask [B,H,T,L]; values [B,L,H,Dv]; linear_weights [B,H,T,S'] (already masked) over
+        linear_values [B,S',H,Dv+1]; S [B,H,2F,Dv+1] | None. Returns y [B,T,H,Dv]."""
+        gamma = torch.sigmoid(self.window_logit)[:, None, None]  # [H, 1, 1]
+        s = window_scores.masked_fill(~window_mask, float("-inf"))
+        a = gamma * torch.exp(s - s.amax(dim=-1, keepdim=True))  # every row sees at least its own key
+        v1 = torch.cat([values, values.new_ones(*values.shape[:-1], 1)], dim=-1)
+        out = torch.einsum("bhtl,blhd->bthd", a, v1)
+        if linear_weights is not None:
+            out = out + torch.einsum("bhts,bshd->bthd", (1 - gamma) * linear_weights, linear_values)
+        if S is not None:
+            out = out + (1 - gamma).view(1, 1, -1, 1) * torch.einsum("bthf,bhfd->bthd", phi_q, S.to(phi_q.dtype))
+        return out[..., :-1] / out[..., -1:]
+
+    def forward(self, x, state: Optional[LolcatsState] = None, return_state: bool = False):
+        B, T, _ = x.shape
+        w = self.options.window
+        q, k, v = self.project(x)
+        offset, first = (state.window.seen, 0) if state is not None else (0, 0)
+        if state is not None and offset > 0:  # cached keys/values of positions first..offset-1
+            k_past, v_past, first = state.window.ordered()
+            k, v = torch.cat([k_past, k], dim=1), torch.cat([v_past, v], dim=1)
+        phi_q, phi_k = self._features(q, k)
+        k_h, v_h = self.expand_kv(k), self.expand_kv(v)
+        pos_q = offset + torch.arange(T, device=x.device)[:, None]
+        pos_k = first + torch.arange(k.shape[1], device=x.device)[None, :]
+        window_mask = (pos_k <= pos_q) & (pos_q - pos_k < w)
+        linear_mask = pos_k <= pos_q - w
+        scores = torch.einsum("bthd,bshd->bhts", q, k_h) / math.sqrt(self.dk)
+        linear = torch.einsum("bthf,bshf->bhts", phi_q, phi_k).masked_fill(~linear_mask, 0.0)
+        v1 = torch.cat([v_h, v_h.new_ones(*v_h.shape[:-1], 1)], dim=-1)
+        S0 = None if state is None else state.linear_state
+        y = self._mix(scores, window_mask, v_h, phi_q, linear, v1, S0)
+        y = self.o_proj(y.reshape(B, T, -1))
+        if not return_state:
+            return y, None
+        leaving = (pos_k[0] <= offset + T - 1 - w).to(phi_k.dtype)  # keys out of the window after the last token
+        S = torch.einsum("bshf,bshd->bhfd", phi_k * leaving[None, :, None, None], v1)
+        S = S.to(state_dtype(x.dtype))
+        if S0 is not None:
+            S = S + S0
+        return y, LolcatsState(S, WindowCache.from_prefill(k, v, w, k_offset=first))
+
+    def step(self, x_t, state: LolcatsState):
+        B = x_t.shape[0]
+        w = self.options.window
+        q, k, v = (t[:, 0] for t in self.project(x_t[:, None]))
+        S = state.linear_state
+        cache = WindowCache(state.window.key.clone(), state.window.value.clone(), state.window.seen)
+        if cache.seen >= w:  # the key at position seen - w leaves the window: fold it into S
+            slot = (cache.seen - w) % w
+            k_old, v_old = cache.key[:, slot], self.expand_kv(cache.value[:, slot])
+            _, phi_old = self._features(q, k_old)
+            v1_old = torch.cat([v_old, v_old.new_ones(B, self.n_heads, 1)], dim=-1)
+            S = S + torch.einsum("bhf,bhd->bhfd", phi_old, v1_old).to(S.dtype)
+        cache.append(k[:, None], v[:, None])
+        valid = cache.positions() >= 0  # [w]
+        phi_q, _ = self._features(q, k)
+        scores = torch.einsum("bhd,blhd->bhl", q, self.expand_kv(cache.key)) / math.sqrt(self.dk)
+        y = self._mix(scores[:, :, None], valid[None, None, None], self.expand_kv(cache.value), phi_q[:, None], None, None, S)
+        return self.o_proj(y.reshape(B, -1)), LolcatsState(S, cache)
