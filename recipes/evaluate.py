@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 
-from seqmodels.run_config import format_config, parse_run_args
+from seqmodels.run_config import format_config, parse_run_args, run_cli
 from seqmodels.train.export import load_for_inference
 
 DEFAULTS = {
@@ -108,8 +107,4 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except ValueError as exc:
-        print(f"[evaluate] error: {exc}", file=sys.stderr)
-        sys.exit(1)
+    run_cli(main, "evaluate")

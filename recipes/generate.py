@@ -11,13 +11,12 @@ directory with `latest`), with its tokenizer. Sampling: temperature (0 = greedy)
 """
 from __future__ import annotations
 
-import sys
 import time
 from typing import Optional, Sequence
 
 import torch
 
-from seqmodels.run_config import format_config, parse_run_args
+from seqmodels.run_config import format_config, parse_run_args, run_cli
 from seqmodels.train.export import load_for_inference
 
 DEFAULTS = {
@@ -88,8 +87,4 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except ValueError as exc:
-        print(f"[generate] error: {exc}", file=sys.stderr)
-        sys.exit(1)
+    run_cli(main, "generate")

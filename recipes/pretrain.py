@@ -13,8 +13,6 @@ metrics.jsonl, run_config.yaml, checkpoints/ (atomic, resumable) and hf/ (the HF
 from __future__ import annotations
 
 import json
-import os
-import sys
 from dataclasses import asdict
 from pathlib import Path
 from typing import Callable, Iterable, Optional, Sequence
@@ -23,7 +21,7 @@ import torch
 
 from seqmodels.config import ModelConfig
 from seqmodels.model import SeqLM
-from seqmodels.run_config import format_config, merge_config, parse_run_args
+from seqmodels.run_config import format_config, merge_config, parse_run_args, run_cli
 from seqmodels.train.distributed import barrier, init_distributed
 from seqmodels.train.export import engine_state_dict, export_hf, write_run_extras
 from seqmodels.train.text_data import PackedTextData, TextDataSettings
@@ -120,8 +118,4 @@ def main(argv: Optional[Sequence[str]] = None, callbacks: Iterable[Callable] = (
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (NonFiniteLossError, ValueError) as exc:
-        print(f"[pretrain] error: {exc}", file=sys.stderr, flush=True)
-        sys.exit(1)
+    run_cli(main, "pretrain", errors=(NonFiniteLossError, ValueError))

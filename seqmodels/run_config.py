@@ -136,3 +136,25 @@ def parse_run_args(
 def format_config(cfg: Mapping) -> str:
     """The resolved config as YAML (printed at start, saved next to the run's outputs)."""
     return yaml.safe_dump(dict(cfg), sort_keys=False, default_flow_style=None)
+
+
+def dataclass_from_section(cls, values: Mapping, section: str):
+    """`cls(**values)` for the dataclass of a config section; unknown keys name the section."""
+    import dataclasses
+
+    valid = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - valid)
+    if unknown:
+        raise ValueError(f"unknown {section} setting(s) {unknown}; valid: {sorted(valid)}")
+    return cls(**values)
+
+
+def run_cli(main, tag: str, errors: tuple = (ValueError,)) -> None:
+    """Run a recipe's main(); a user error (`errors`) prints one line `[tag] error: ...` and exits 1."""
+    import sys
+
+    try:
+        main()
+    except errors as exc:
+        print(f"[{tag}] error: {exc}", file=sys.stderr, flush=True)
+        sys.exit(1)

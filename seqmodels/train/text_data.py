@@ -15,10 +15,11 @@ import hashlib
 import json
 import os
 import shutil
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Optional
 
+from seqmodels.run_config import dataclass_from_section
 from seqmodels.train.distributed import DistInfo, barrier, broadcast_object
 
 TOKENIZER_DIR = "tokenizer"
@@ -40,11 +41,7 @@ class TextDataSettings:
 
     @classmethod
     def from_dict(cls, values: dict) -> "TextDataSettings":
-        valid = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - valid)
-        if unknown:
-            raise ValueError(f"unknown data setting(s) {unknown}; valid: {sorted(valid)}")
-        return cls(**values)
+        return dataclass_from_section(cls, values, "data")
 
     def build_key(self) -> str:
         keyed = {k: v for k, v in asdict(self).items() if k not in ("packed", "cache_dir", "shuffle")}

@@ -16,13 +16,14 @@ from __future__ import annotations
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Optional
 
 import torch
 from torch import nn
 
+from seqmodels.run_config import dataclass_from_section
 from seqmodels.train.checkpoint import CheckpointManager, rng_state, set_rng_state
 from seqmodels.train.distributed import DistInfo, all_reduce_max, all_reduce_mean, barrier
 from seqmodels.train.monitor import Monitor
@@ -68,11 +69,7 @@ class TrainSettings:
 
     @classmethod
     def from_dict(cls, values: dict) -> "TrainSettings":
-        valid = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - valid)
-        if unknown:
-            raise ValueError(f"unknown train setting(s) {unknown}; valid: {sorted(valid)}")
-        return cls(**values)
+        return dataclass_from_section(cls, values, "train")
 
 
 class NonFiniteLossError(RuntimeError):

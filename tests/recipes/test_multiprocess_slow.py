@@ -1,7 +1,6 @@
 """Slow end-to-end runs in subprocesses: `deepspeed --num_gpus 2` on CPU (gloo) with ZeRO-1 and
 ZeRO-2 against one process with the same global batch, SIGKILL-and-resume, SIGKILL while a
 checkpoint is being written."""
-import os
 import signal
 import socket
 import subprocess

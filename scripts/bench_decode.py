@@ -1,0 +1,166 @@
+"""Per-token decoding latency and state memory vs context length, per family vs the Transformer's
+KV cache (DESIGN §9).
+
+    python scripts/bench_decode.py                                   # CPU: contexts 1k..64k
+    python scripts/bench_decode.py --contexts 1024 8192 65536 --d_model 768 --n_layers 12   # GPU
+
+For each registered causal family (scripts/_families.py: every family from its tiny preset,
+scaled to one shape, MLP widths matched to the Transformer's parameter count) and each context
+length L: a chunked prefill of L random tokens (forward with state continuation,
+`--prefill_chunk` tokens at a time) builds the decoding state; then `--tokens` single-token
+`step` calls are timed per context, the contexts taking turns in `--rounds` rounds, after 2
+warm-up steps. Reported: median and min; ratios and the check use the min, the estimator least
+disturbed by other processes on a shared CPU. State bytes = ModelState.nbytes() at L. A
+family's larger contexts are skipped (and the table says so) when its prefill would exceed
+`--prefill_budget_s`, extrapolated from its last two prefills.
+Checks the linear families' promise: latency at the largest context <= 1.1x latency at the
+smallest, and state bytes constant.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
+@torch.no_grad()
+def prefill(model, ids: torch.Tensor, chunk: int):
+    state = None
+    for start in range(0, ids.shape[1], chunk):
+        state = model(ids[:, start:start + chunk], state=state, return_state=True).state
+    return state
+
+
+@torch.no_grad()
+def step_times(model, states: dict, tokens: int, rounds: int, vocab: int, device) -> dict:
+    """Per context: all timed `step` durations (s). The contexts take turns, `tokens // rounds`
+    steps each per round, so load from other processes hits every context alike."""
+    times = {context: [] for context in states}
+    tokens_now = {context: torch.randint(0, vocab, (1,), device=device) for context in states}
+    per_round = max(1, tokens // rounds)
+    for round_idx in range(rounds):
+        for context in states:
+            for i in range(per_round + (2 if round_idx == 0 else 0)):  # 2 warm-up steps first
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                start = time.perf_counter()
+                logits, states[context] = model.step(tokens_now[context], states[context])
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                if round_idx or i >= 2:
+                    times[context].append(time.perf_counter() - start)
+                tokens_now[context] = logits.argmax(-1)
+    return times
+
+
+def measure_family(name, cfg, args, device) -> list[dict]:
+    from seqmodels import SeqLM
+
+    torch.manual_seed(0)
+    model = SeqLM(cfg).to(device=device, dtype=getattr(torch, args.dtype)).eval()
+    rows, history, states = [], [], {}
+    gen = torch.Generator().manual_seed(0)
+    for context in args.contexts:
+        if history:
+            (l0, t0), (l1, t1) = (history[-2] if len(history) > 1 else (history[-1][0] / 2, history[-1][1] / 2)), history[-1]
+            power = max(1.0, math.log(max(t1, 1e-9) / max(t0, 1e-9)) / math.log(l1 / l0))
+            estimate = t1 * (context / l1) ** power
+            if estimate > args.prefill_budget_s:
+                rows.append({"family": name, "context": context, "skipped": f"prefill ~{estimate:.0f} s > budget"})
+                continue
+        ids = torch.randint(0, cfg.vocab_size, (1, context), generator=gen).to(device)
+        start = time.perf_counter()
+        try:
+            states[context] = prefill(model, ids, args.prefill_chunk)
+        except (ValueError, RuntimeError) as exc:  # a family's bug must not sink the other rows
+            rows.append({"family": name, "context": context, "skipped": f"failed: {type(exc).__name__}: {exc}"})
+            print(f"{name} {context}: FAILED {exc}", file=sys.stderr, flush=True)
+            break
+        history.append((context, time.perf_counter() - start))
+        rows.append({"family": name, "context": context, "state_bytes": states[context].nbytes(),
+                     "prefill_s": history[-1][1]})
+    try:
+        times = step_times(model, states, args.tokens, args.rounds, cfg.vocab_size, device)
+    except (ValueError, RuntimeError) as exc:
+        return [{"family": name, "context": r["context"], "skipped": f"step failed: {exc}"} for r in rows]
+    for row in rows:
+        if "skipped" not in row:
+            row["latency_s"] = statistics.median(times[row["context"]])
+            row["min_latency_s"] = min(times[row["context"]])
+            print(f"{name} {row['context']}: prefill {row['prefill_s']:.1f} s, {row['min_latency_s'] * 1e3:.2f} ms/token "
+                  f"(min), {row['state_bytes']:,} state bytes", file=sys.stderr, flush=True)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--d_model", type=int, default=128)
+    parser.add_argument("--n_layers", type=int, default=2)
+    parser.add_argument("--vocab", type=int, default=4096)
+    parser.add_argument("--contexts", type=int, nargs="+", default=[1024, 4096, 16384, 65536])
+    parser.add_argument("--tokens", type=int, default=60, help="timed decode steps per context")
+    parser.add_argument("--rounds", type=int, default=6, help="contexts take turns this many times")
+    parser.add_argument("--prefill_chunk", type=int, default=2048)
+    parser.add_argument("--prefill_budget_s", type=float, default=120.0)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--families", nargs="*", help="subset of registered mixers (default: all)")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+    from _families import family_configs
+
+    configs = family_configs(args.d_model, args.n_layers, args.vocab, max(args.contexts) + args.tokens + 8)
+    results, notes = {}, []
+    for name, cfg, note in configs:
+        if args.families and name not in args.families:
+            continue
+        if cfg is None:
+            notes.append(f"{name}: {note}")
+            continue
+        results[name] = measure_family(name, cfg, args, device)
+
+    device_name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU ({platform.machine()}, {args.threads} thread(s))"
+    print(f"device: {device_name}; torch {torch.__version__}; d_model {args.d_model}, {args.n_layers} layers, "
+          f"vocab {args.vocab}, {args.dtype}, batch 1; {args.tokens} timed steps per context\n")
+    base = {r["context"]: r for r in results.get("attention", []) if "skipped" not in r}
+    print("| family | context | state (KB) | state vs KV cache | ms/token (median) | ms/token (min) | "
+          "min vs own first context | min vs Transformer |")
+    print("|---|---|---|---|---|---|---|---|")
+    verdicts = []
+    for name, rows in results.items():
+        measured = [r for r in rows if "skipped" not in r]
+        for r in rows:
+            if "skipped" in r:
+                print(f"| {name} | {r['context']:,} | — | — | skipped: {r['skipped']} | — | — | — |")
+                continue
+            b = base.get(r["context"])
+            state_ratio = f"{r['state_bytes'] / b['state_bytes']:.3f}x" if b else "n/a"
+            lat_ratio = f"{r['min_latency_s'] / b['min_latency_s']:.2f}x" if b else "n/a"
+            own = r["min_latency_s"] / measured[0]["min_latency_s"]
+            print(f"| {name} | {r['context']:,} | {r['state_bytes'] / 1024:,.1f} | {state_ratio} | "
+                  f"{r['latency_s'] * 1e3:.2f} | {r['min_latency_s'] * 1e3:.2f} | {own:.2f}x | {lat_ratio} |")
+        sizes = {r["state_bytes"] for r in measured}
+        if len(measured) >= 2:
+            growth = measured[-1]["min_latency_s"] / measured[0]["min_latency_s"]
+            constant = len(sizes) == 1
+            ok = constant and growth <= 1.1
+            kind = "constant state" if constant else "state grows"
+            verdicts.append(f"{name}: {kind}; latency at {measured[-1]['context']:,} = {growth:.2f}x latency at "
+                            f"{measured[0]['context']:,}" + (f" -> {'PASS' if ok else 'FAIL'} (<= 1.1x)" if constant else ""))
+    print()
+    for line in verdicts + notes:
+        print(f"- {line}")
+
+
+if __name__ == "__main__":
+    main()
