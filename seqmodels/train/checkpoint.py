@@ -57,7 +57,7 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
+def atomic_write_text(path: Path, text: str) -> None:
     tmp = path.with_name(f"{TMP_PREFIX}{path.name}")
     with open(tmp, "w") as handle:
         handle.write(text)
@@ -146,7 +146,7 @@ class CheckpointManager:
                 return
             shutil.rmtree(final)  # a rename that never reached `latest`
         os.replace(tmp_path, final)
-        _atomic_write_text(self.dir / LATEST, tag)
+        atomic_write_text(self.dir / LATEST, tag)
         self._prune(keep=tag)
 
     def _prune(self, keep: str) -> None:

@@ -66,6 +66,14 @@ class Monitor:
         self.writer.add_scalar("eval/ppl", perplexity(loss), step)
         self.bar.write(f"step {step}: eval loss {loss:.4f}  ppl {perplexity(loss):.2f}")
 
+    def scalars(self, step: int, prefix: str, values: dict) -> None:
+        """Extra scalars from a recipe (e.g. eval/accuracy): TensorBoard `prefix/name` and metrics.jsonl."""
+        if not self.enabled:
+            return
+        self._record({"step": step, **{f"{prefix}_{name}": value for name, value in values.items()}})
+        for name, value in values.items():
+            self.writer.add_scalar(f"{prefix}/{name}", value, step)
+
     def message(self, text: str) -> None:
         if self.enabled:
             self.bar.write(text)

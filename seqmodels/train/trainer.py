@@ -169,7 +169,7 @@ class Trainer:
         loss_fn: Callable[[Any, dict], torch.Tensor] = lm_loss,
         write_extras: Optional[Callable[[Path], None]] = None,
         client_state: Optional[dict] = None,
-        callbacks: Iterable[Callable[["Trainer", int, float], None]] = (),
+        callbacks: Iterable[Callable[["Trainer", int, float], None]] = (),  # after each step; may set stop_requested
     ):
         self.settings = settings
         self.dist = dist_info
@@ -184,6 +184,8 @@ class Trainer:
         self.ckpt = CheckpointManager(self.run_dir / "checkpoints", dist_info.rank, settings.keep_last)
         self.skipped_batches = 0
         self.last_good_checkpoint: Optional[Path] = None
+        self.stop_requested = False  # a callback sets it (early stop): fit ends after the current step
+        self.monitor: Optional[Monitor] = None  # the running fit's monitor (callbacks log extra scalars)
 
     # ----------------------------------------------------------- checkpoints
     @property
@@ -266,6 +268,7 @@ class Trainer:
         s = self.settings
         resumed = self.maybe_resume()
         monitor = Monitor(self.run_dir, self.dist.is_main, s.steps, self.step, progress=s.progress)
+        self.monitor = monitor
         if resumed:
             monitor.message(f"resumed from {self.ckpt.dir / resumed} at step {self.step}")
         engine = self.engine
@@ -274,7 +277,7 @@ class Trainer:
         batches = self._batches()
         last_loss, eval_loss, saved_at = float("nan"), None, None
         try:
-            while self.step < s.steps:
+            while self.step < s.steps and not self.stop_requested:
                 step_start, tokens, losses, micro = time.time(), 0, [], 0
                 grad_norm, lr = None, float(engine.get_lr()[0])  # the lr this step uses
                 while micro < accum:
@@ -315,7 +318,9 @@ class Trainer:
                     saved_at = self.save()
                 for callback in self.callbacks:
                     callback(self, step, last_loss)
-            if self.step == s.steps:
+            if self.step == s.steps or self.stop_requested:
+                if self.stop_requested:
+                    monitor.message(f"step {self.step}: stop requested by a callback (early stop)")
                 eval_loss = self.evaluate()
                 if eval_loss is not None:
                     monitor.eval(self.step, eval_loss)
