@@ -12,7 +12,12 @@ Inside a chunk of C tokens, b_r is the running log-decay from the chunk start to
 Every exponent is ≤ 0: e^{b_r - b_s} is never split as e^{b_r}·e^{-b_s}. A per-channel decay is
 split at sub-chunk boundaries instead (sub-chunks of L tokens): for a query sub-chunk starting
 after position p and an earlier key position s ≤ p, e^{b_r - b_s} = e^{b_r - b_p} · e^{b_p - b_s};
-the L×L diagonal blocks are computed entry by entry. A scalar (per-head) decay needs no split:
+the L×L diagonal blocks are factorized through the sub-chunk start p as well,
+(q_r e^{b_r - b_p}) · (k_s e^{b_p - b_s}), where the second exponent is positive but bounded by the
+sub-chunk's own decay span b_p - b_{p+L}; sub-chunks whose span exceeds MAX_DIAGONAL_SPAN in some
+channel (strong gates) are recomputed entry by entry with e^{b_r - b_s} (≤ 0), so no factor ever
+exceeds e^{MAX_DIAGONAL_SPAN} and nothing overflows; each term keeps its float32 relative
+precision either way (a product of two exactly-rounded factors). A scalar (per-head) decay needs no split:
 its C×C decay matrix is formed from differences directly. Everything intra-chunk is computed for
 all chunks at once; only the state pass loops over chunks. Nothing T×T is ever built.
 """
@@ -24,6 +29,10 @@ import torch
 import torch.nn.functional as F
 
 NEG_INF = float("-inf")
+# largest decay span (in log space) inside one sub-chunk for which the diagonal blocks are factorized
+# through the sub-chunk start (a bounded positive exponent, ≤ e^20 ≈ 5e8 in float32); larger spans
+# take the entry-by-entry form. GLA's gates (logsigmoid/16) stay far below it over 16 tokens.
+MAX_DIAGONAL_SPAN = 20.0
 
 
 def _masked_exp(diff: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
@@ -44,14 +53,40 @@ def _sub_chunk(chunk_size: int, sub_chunk_size: int) -> int:
 
 def _block_starts(cum: torch.Tensor, n_sub: int) -> torch.Tensor:
     """cum [..., C, D] -> [..., M, D]: running log-decay just before each sub-chunk (0 for the first)."""
-    ends = cum.unflatten(-2, (n_sub, -1))[..., :-1, -1, :]
-    return torch.cat([torch.zeros_like(ends[..., :1, :]), ends], dim=-2)
+    blocks = cum.unflatten(-2, (n_sub, -1))
+    return F.pad(blocks[..., :-1, -1, :], (0, 0, 1, 0))
 
 
 def _earlier_block_mask(n_sub: int, sub: int, device) -> torch.Tensor:
     """[M, C] bool: position c lies in a sub-chunk strictly before sub-chunk m."""
     pos_block = torch.arange(n_sub * sub, device=device) // sub
     return pos_block[None, :] < torch.arange(n_sub, device=device)[:, None]
+
+
+def _diagonal_factors(cum_blocks, start):
+    """Sub-chunk factors e^{b_r - b_p} (≤ 1) and e^{b_p - b_s} (≥ 1, clamped at e^{MAX_DIAGONAL_SPAN}).
+
+    cum_blocks [..., M, L, D], start [..., M, D] -> (to_row, from_col [..., M, L, D], exact [..., M]: the
+    sub-chunks whose span exceeds MAX_DIAGONAL_SPAN, to be recomputed entry by entry; the clamp only
+    keeps their factorized values, which are replaced, finite in the forward and backward passes)."""
+    from_start = cum_blocks - start.unsqueeze(-2)  # b_r - b_p <= 0
+    span = -from_start[..., -1, :]  # b_p - b_{p+L}, per channel
+    exact = (span > MAX_DIAGONAL_SPAN).any(-1)
+    return from_start.exp(), (-from_start).clamp(max=MAX_DIAGONAL_SPAN).exp(), exact
+
+
+def _replace_blocks(fast, exact, compute_exact):
+    """fast [..., M, X, Y] with the blocks where exact [..., M] is True replaced by compute_exact(flat index)."""
+    index = exact.flatten().nonzero().squeeze(-1)
+    if index.numel() == 0:
+        return fast
+    flat = fast.flatten(0, -3)
+    return flat.index_copy(0, index, compute_exact(index)).view_as(fast)
+
+
+def _entrywise_decay(cum_blocks, causal):
+    """[n, L, D] -> [n, L, L, D]: e^{b_r - b_s} for s <= r (every exponent <= 0), 0 above the diagonal."""
+    return _masked_exp(cum_blocks.unsqueeze(-2) - cum_blocks.unsqueeze(-3), causal[:, :, None])
 
 
 def _scores_per_channel(q, k, cum_k, sub):
@@ -65,15 +100,22 @@ def _scores_per_channel(q, k, cum_k, sub):
     q_blocks = q.unflatten(-2, (n_sub, sub))  # [..., M, L, Dk]
     cum_blocks = cum_k.unflatten(-2, (n_sub, sub))
     k_blocks = k.unflatten(-2, (n_sub, sub))
-    # diagonal blocks, entry by entry: e^{b_r - b_s}, s <= r within one sub-chunk
+    start = _block_starts(cum_k, n_sub)  # [..., M, Dk]: b_p, the running decay before each sub-chunk
+    to_row, from_col, exact = _diagonal_factors(cum_blocks, start)
+    q_off = q_blocks * to_row  # q_r e^{b_r - b_p}
+    # diagonal blocks: (q_r e^{b_r - b_p}) · (k_s e^{b_p - b_s}), s <= r within one sub-chunk
     causal = torch.ones(sub, sub, dtype=torch.bool, device=q.device).tril()
-    decay_diag = _masked_exp(cum_blocks.unsqueeze(-2) - cum_blocks.unsqueeze(-3), causal[:, :, None])
-    a_diag = torch.linalg.vecdot(q_blocks.unsqueeze(-2) * decay_diag, k_blocks.unsqueeze(-3))
+    a_diag = (q_off @ (k_blocks * from_col).transpose(-1, -2)).masked_fill(~causal, 0.0)
+
+    def exact_blocks(index):
+        rows = lambda x: x.flatten(0, -3).index_select(0, index)  # noqa: E731
+        decay = _entrywise_decay(rows(cum_blocks), causal)
+        return torch.linalg.vecdot(rows(q_blocks).unsqueeze(-2) * decay, rows(k_blocks).unsqueeze(-3))
+
+    a_diag = _replace_blocks(a_diag, exact, exact_blocks)
     if n_sub == 1:
         return None, a_diag
     # earlier sub-chunks, split at the query sub-chunk's start p: e^{b_r - b_p} · e^{b_p - b_s}
-    start = _block_starts(cum_k, n_sub)  # [..., M, Dk]
-    q_off = q_blocks * (cum_blocks - start.unsqueeze(-2)).exp()
     earlier = _earlier_block_mask(n_sub, sub, q.device)  # [M, C]
     k_off = k.unsqueeze(-3) * _masked_exp(start.unsqueeze(-2) - cum_k.unsqueeze(-3), earlier[:, :, None])
     a_off = q_off @ k_off.transpose(-1, -2)  # [..., M, L, C]
@@ -116,14 +158,21 @@ def _intra_value_decay(a_off, a_diag, v, cum_v):
     n_sub, sub = a_diag.shape[-3], a_diag.shape[-1]
     v_blocks = v.unflatten(-2, (n_sub, sub))
     cum_blocks = cum_v.unflatten(-2, (n_sub, sub))
+    start = _block_starts(cum_v, n_sub)
+    to_row, from_col, exact = _diagonal_factors(cum_blocks, start)
+    out = (a_diag @ (v_blocks * from_col)) * to_row  # [..., M, L, Dv]
     causal = torch.ones(sub, sub, dtype=torch.bool, device=v.device).tril()
-    decay_diag = _masked_exp(cum_blocks.unsqueeze(-2) - cum_blocks.unsqueeze(-3), causal[:, :, None])
-    out = (a_diag.unsqueeze(-2) @ (v_blocks.unsqueeze(-3) * decay_diag)).squeeze(-2)  # [..., M, L, Dv]
+
+    def exact_blocks(index):
+        rows = lambda x: x.flatten(0, -3).index_select(0, index)  # noqa: E731
+        decay = _entrywise_decay(rows(cum_blocks), causal)
+        return (rows(a_diag).unsqueeze(-2) @ (rows(v_blocks).unsqueeze(-3) * decay)).squeeze(-2)
+
+    out = _replace_blocks(out, exact, exact_blocks)
     if a_off is not None:
-        start = _block_starts(cum_v, n_sub)
         earlier = _earlier_block_mask(n_sub, sub, v.device)
         v_off = v.unsqueeze(-3) * _masked_exp(start.unsqueeze(-2) - cum_v.unsqueeze(-3), earlier[:, :, None])
-        out = out + (a_off @ v_off) * (cum_blocks - start.unsqueeze(-2)).exp()
+        out = out + (a_off @ v_off) * to_row
     return out.flatten(-3, -2)
 
 

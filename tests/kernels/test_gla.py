@@ -182,6 +182,47 @@ def test_gradients_naive_vs_chunked(key_decay, value_decay, init, reverse):
         assert_rel_close(got[name], grad, F64_TOL, f"d loss / d {name}")
 
 
+@pytest.mark.parametrize("max_span", [0.0, 10.0, 1e9], ids=["all-entrywise", "mixed", "all-factorized"])
+def test_diagonal_block_paths_agree(monkeypatch, max_span):
+    """Sub-chunk diagonal blocks: factorized through the block start where the decay span is small,
+    entry by entry where it exceeds MAX_DIAGONAL_SPAN; forced to each path (and a mix) they give the
+    same values and gradients (float64: the factorized path fits e^{80} here)."""
+    import seqmodels.kernels.gla.chunk as chunk_module
+
+    monkeypatch.setattr(chunk_module, "MAX_DIAGONAL_SPAN", max_span)
+    x = make_inputs("channel", value_decay=True, initial_state=True, T=37)
+    cum = x["log_decay_k"][:, :32].unflatten(1, (8, 4)).cumsum(2)  # sub-chunks of 4
+    spans = -cum[:, :, -1].amin(-1)
+    if max_span == 10.0:  # the mix really is a mix
+        assert (spans > max_span).any() and (spans <= max_span).any()
+    names = [n for n, t in x.items() if t is not None]
+
+    def run(fn, **kw):
+        inputs = {n: x[n].clone().requires_grad_(True) for n in names}
+        o, s = fn(**inputs, output_final_state=True, **kw)
+        (o.square().sum() + s.sum()).backward()
+        return o, s, {n: t.grad for n, t in inputs.items()}
+
+    o_ref, s_ref, g_ref = run(gla_naive)
+    o, s, g = run(gla_chunk, chunk_size=16, sub_chunk_size=4)
+    assert_rel_close(o, o_ref, F64_TOL, "output")
+    assert_rel_close(s, s_ref, F64_TOL, "final state")
+    for name in names:
+        assert_rel_close(g[name], g_ref[name], F64_TOL, f"d loss / d {name}")
+
+
+def test_gla_gates_float32_factorized_path():
+    """GLA-like gates (logsigmoid(x)/16): every diagonal block takes the factorized path; float32 vs float64."""
+    x64 = make_inputs("channel", value_decay=True, initial_state=True, T=70)
+    g = torch.Generator().manual_seed(3)
+    x64["log_decay_k"] = torch.nn.functional.logsigmoid(torch.randn(2, 70, 3, 7, generator=g, dtype=torch.float64)) / 16
+    x64["log_decay_v"] = torch.nn.functional.logsigmoid(torch.randn(2, 70, 3, 5, generator=g, dtype=torch.float64)) / 16
+    o_ref, s_ref = gla_naive(**x64, output_final_state=True)
+    o, s = gla_chunk(**{n: t.float() for n, t in x64.items()}, output_final_state=True)
+    assert_rel_close(o, o_ref, F32_TOL, "float32 output")
+    assert_rel_close(s, s_ref, F32_TOL, "float32 final state")
+
+
 def test_gradcheck_tiny():
     x = make_inputs("channel", value_decay=True, initial_state=True, B=1, T=6, H=1, Dk=3, Dv=2)
     x["log_decay_k"] = x["log_decay_k"] - 0.1  # stay < 0 under finite-difference steps
