@@ -133,3 +133,23 @@ def test_float32_step_matches_forward():
     mixer = build_mixer(cfg_for(), dtype=torch.float32)
     x = torch.randn(2, 37, 36, generator=torch.Generator().manual_seed(7))
     check_step_matches_forward(mixer, x, 1e-5)
+
+
+@pytest.mark.parametrize("mixer_name", ["titans_memory", "titans_mag"])
+def test_default_step_size_keeps_a_long_prefill_bounded(mixer_name):
+    """Regression: with the old default max_lr = 1 a random-weight titans-tiny model overflowed to NaN
+    within ~1k tokens (b = 16 gradients at one weight: the mini-batch overshoots along correlated keys).
+    With the default step size the memory stays bounded over 4k tokens: ||M|| at the end is within 3x of
+    its value after 512 tokens, and the output is finite."""
+    cfg = ModelConfig.from_preset("titans-tiny" if mixer_name == "titans_memory" else "titans-mag-tiny")
+    torch.manual_seed(0)
+    mixer = build_mixer(cfg, dtype=torch.float32)
+    x = torch.randn(1, 4096, cfg.d_model, generator=torch.Generator().manual_seed(1))
+    norms, state = [], None
+    with torch.no_grad():
+        for piece in x.split(512, 1):
+            y, state = mixer(piece, state, return_state=True)
+            assert torch.isfinite(y).all()
+            memory = state.memory.memory if mixer_name == "titans_memory" else state.memory.memory.memory
+            norms.append(memory.norm().item())
+    assert max(norms) <= 3 * norms[0], norms
