@@ -11,15 +11,17 @@ Accuracy = fraction of answer positions (labels != -100) whose argmax prediction
 value token, over the whole test set (Zoology's "valid/accuracy").
 
 Grid entries of `grid.mixers`: a mixer name ("gla"), a layer pattern ([base_conv, based]; layer
-l uses pattern[l mod len]), or a mapping {label: ..., mixer|layers: ..., <ModelConfig fields>}
-for per-mixer settings (n_heads, mixer_options ...) on top of the `model:` section.
+l uses pattern[l mod len]), or a mapping {label: ..., mixer|layers: ..., lrs: [...], <ModelConfig
+fields>} for per-mixer settings (n_heads, mixer_options ...) on top of the `model:` section; its
+`lrs` replace grid.lrs for that mixer (Zoology tunes the lr per mixer).
 
 Resume: every (cell, lr) run writes `runs/<name>/cells/<run>/result.json` atomically when it
 finishes; a rerun skips those (an interrupted run resumes from its checkpoint if one was saved,
 else restarts), then rewrites the outputs from all result files of the grid.
 
-Several ranks (`deepspeed --num_gpus N` / a hostfile): the runs are dealt round-robin to the
-ranks and each rank trains its runs alone, as a world-size-1 DeepSpeed engine. Why not all ranks
+Several ranks (`deepspeed --num_gpus N` / a hostfile): each free rank claims the next unclaimed run
+(a shared counter, so the ranks finish together) and trains it alone, as a world-size-1 DeepSpeed
+engine. Why not all ranks
 data-parallel on every run: MQAR models are tiny (2 layers, d_model <= 512), so a data-parallel
 step is dominated by the all-reduce and N ranks would still walk the grid one run at a time;
 independent runs scale linearly and each run's numbers do not depend on the rank count. The
@@ -97,40 +99,47 @@ def _positive_list(name: str, values) -> list:
     return list(values)
 
 
-def mixer_entry(entry) -> tuple[str, dict]:
-    """(label, ModelConfig overrides) of one grid.mixers entry."""
+def mixer_entry(entry) -> tuple[str, dict, Optional[list]]:
+    """(label, ModelConfig overrides, its own lrs or None for grid.lrs) of one grid.mixers entry."""
     if isinstance(entry, str):
-        return entry, {"mixer": entry}
+        return entry, {"mixer": entry}, None
     if isinstance(entry, (list, tuple)):
         if not entry or not all(isinstance(n, str) for n in entry):
             raise ValueError(f"grid.mixers: a layer pattern must be a non-empty list of mixer names, got {entry!r}")
-        return "+".join(entry), {"layers": list(entry), "mixer": None}
+        return "+".join(entry), {"layers": list(entry), "mixer": None}, None
     if isinstance(entry, dict):
         spec = dict(entry)
         label = spec.pop("label", None)
+        lrs = spec.pop("lrs", None)
         if "layers" not in spec and "mixer" not in spec:
             raise ValueError(f"grid.mixers: a mapping entry needs mixer: or layers:, got {entry!r}")
-        default_label, base = mixer_entry(spec.pop("layers") if "layers" in spec else spec.pop("mixer"))
-        return label or default_label, {**spec, **base}
+        default_label, base, _ = mixer_entry(spec.pop("layers") if "layers" in spec else spec.pop("mixer"))
+        label = label or default_label
+        return label, {**spec, **base}, None if lrs is None else _lrs(f"mixers[{label}].lrs", lrs)
     raise ValueError(f"grid.mixers: expected a mixer name, a list of names or a mapping, got {entry!r}")
+
+
+def _lrs(name: str, values) -> list:
+    values = _positive_list(name, values)
+    for lr in values:
+        if not isinstance(lr, (int, float)) or isinstance(lr, bool) or not lr > 0:
+            raise ValueError(f"grid.{name}: {lr!r} is not a positive number")
+    return values
 
 
 def build_grid(cfg: dict) -> list[dict]:
     """Every (mixer, task, d_model, lr) run, validated up front (a bad value fails before any training)."""
     grid = cfg["grid"]
     mixers = [mixer_entry(e) for e in _positive_list("mixers", grid["mixers"])]
-    labels = [label for label, _ in mixers]
+    labels = [label for label, _, _ in mixers]
     if len(set(labels)) != len(labels):
         raise ValueError(f"grid.mixers: labels must be distinct, got {labels}")
     d_models = _positive_list("d_models", grid["d_models"])
-    lrs = _positive_list("lrs", grid["lrs"])
+    grid_lrs = _lrs("lrs", grid["lrs"])
     tasks = _positive_list("tasks", grid["tasks"])
     for d in d_models:
         if not isinstance(d, int) or isinstance(d, bool) or d < 1:
             raise ValueError(f"grid.d_models: {d!r} is not a positive integer")
-    for lr in lrs:
-        if not isinstance(lr, (int, float)) or isinstance(lr, bool) or not lr > 0:
-            raise ValueError(f"grid.lrs: {lr!r} is not a positive number")
     data = cfg["data"]
     parsed_tasks = []
     for task in tasks:
@@ -150,7 +159,8 @@ def build_grid(cfg: dict) -> list[dict]:
     max_len = max(t[0] for t in parsed_tasks)
     runs = []
     for seq_len, pairs in parsed_tasks:
-        for label, overrides in mixers:
+        for label, overrides, own_lrs in mixers:
+            lrs = own_lrs or grid_lrs
             for d_model in d_models:
                 values = {**cfg["model"], **overrides, "d_model": d_model, "vocab_size": data["vocab_size"],
                           "max_seq_len": max(max_len, cfg["model"].get("max_seq_len") or 0)}
@@ -185,6 +195,20 @@ def split_ranks() -> tuple[int, int, Optional[object]]:
     return rank, world, store
 
 
+def claimed_runs(runs: list[dict], store):
+    """(index, run) pairs this rank trains: all of them alone; with several ranks each rank claims the
+    next unclaimed run from a shared counter when it is free (a work queue: a rank with short runs
+    takes more of them, so the ranks finish together; which rank trains a run changes nothing in it)."""
+    if store is None:
+        yield from enumerate(runs)
+        return
+    while True:
+        i = store.add("mqar_next_run", 1) - 1
+        if i >= len(runs):
+            return
+        yield i, runs[i]
+
+
 def wait_for_ranks(store, world: int, rank: int, poll_s: float = 2.0) -> None:
     """Every rank reports it has finished; rank 0 (the store's server) returns once all have."""
     if store is None:
@@ -203,21 +227,20 @@ def read_result(run_dir: Path) -> Optional[dict]:
 
 
 class TaskData:
-    """The train/test MQAR sets of one (seq_len, num_kv_pairs), generated once and reused by its runs."""
+    """The train/test MQAR sets of each (seq_len, num_kv_pairs), generated on first use and kept."""
 
     def __init__(self, data_cfg: dict):
         self.cfg = data_cfg
-        self.key, self.train, self.test = None, None, None
+        self.sets = {}
 
     def get(self, seq_len: int, pairs: int) -> tuple[dict, dict]:
-        if self.key != (seq_len, pairs):
+        if (seq_len, pairs) not in self.sets:
             c = self.cfg
             common = dict(power_a=c["power_a"], random_non_queries=c["random_non_queries"])
             x, y = mqar(c["vocab_size"], seq_len, pairs, c["train_examples"], seed=c["seed"], **common)
             tx, ty = mqar(c["vocab_size"], seq_len, pairs, c["test_examples"], seed=c["seed"] + 1_000_003, **common)
-            self.key, self.train, self.test = (seq_len, pairs), {"input_ids": x, "labels": y}, \
-                {"input_ids": tx, "labels": ty}
-        return self.train, self.test
+            self.sets[seq_len, pairs] = {"input_ids": x, "labels": y}, {"input_ids": tx, "labels": ty}
+        return self.sets[seq_len, pairs]
 
 
 def train_run(run: dict, cfg: dict, data: TaskData, info, ds_config: dict, run_dir: Path) -> dict:
@@ -382,8 +405,7 @@ def main(argv: Optional[Sequence[str]] = None) -> list[dict]:
     data = TaskData(cfg["data"])
     start = time.time()
     try:
-        mine = [run for i, run in enumerate(runs) if i % world == rank]
-        for i, run in enumerate(mine):
+        for i, run in claimed_runs(runs, store):
             run_dir = cells_dir / run["id"]
             if read_result(run_dir) is not None:
                 print(f"[mqar] rank {rank}: {run['id']} already done, skipped", flush=True)
@@ -397,7 +419,7 @@ def main(argv: Optional[Sequence[str]] = None) -> list[dict]:
             atomic_write_text(run_dir / RESULT_FILE, json.dumps(result, indent=1))
             if not cfg["keep_checkpoints"]:
                 shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
-            print(f"[mqar] rank {rank}: run {i + 1}/{len(mine)} {run['id']}: accuracy {result['accuracy']:.4f} "
+            print(f"[mqar] rank {rank}: run {i + 1}/{len(runs)} {run['id']}: accuracy {result['accuracy']:.4f} "
                   f"after {result['steps']} steps in {result['seconds']:.1f} s", flush=True)
     finally:
         wait_for_ranks(store, world, rank)

@@ -134,6 +134,7 @@ def test_sweep_resumes_without_rerunning(mqar_recipe, tmp_path, monkeypatch):
     ({"grid.mixers": "[nosuchmixer]"}, "mixer=nosuchmixer"),
     ({"data.vocab_size": 16}, "data.vocab_size=16 must be > seq_len=16"),
     ({"grid.mixers": "[gla, gla]"}, "labels must be distinct"),
+    ({"grid.mixers": "[{mixer: gla, lrs: [0]}]"}, r"grid.mixers\[gla\].lrs: 0 is not a positive number"),
 ])
 def test_invalid_grid_values(mqar_recipe, tmp_path, override, message):
     with pytest.raises(ValueError, match=message):
@@ -143,8 +144,8 @@ def test_invalid_grid_values(mqar_recipe, tmp_path, override, message):
 
 @pytest.mark.slow
 def test_two_ranks_split_the_grid(tmp_path):
-    """Two launcher-style processes (RANK/WORLD_SIZE/MASTER_*): each trains half the runs alone,
-    rank 0 writes the combined table after both finished."""
+    """Two launcher-style processes (RANK/WORLD_SIZE/MASTER_*) share the runs through a work queue: every
+    run is trained exactly once, by one rank; rank 0 writes the combined table after both finished."""
     import socket
 
     with socket.socket() as s:
@@ -161,7 +162,9 @@ def test_two_ranks_split_the_grid(tmp_path):
     assert [p.returncode for p in procs] == [0, 0], logs
     with open(tmp_path / "ranks" / "results.csv") as f:
         assert len(list(csv.DictReader(f))) == 4
-    assert logs[0].count("accuracy") >= 2 and logs[1].count("accuracy") >= 2  # two runs each
+    trained = [line.split()[5] for log in logs for line in log.splitlines()
+               if line.startswith("[mqar] rank") and " run " in line and "accuracy" in line]
+    assert sorted(trained) == sorted(set(trained)) and len(trained) == 4, logs  # each run once, by one rank
     for run_dir in (tmp_path / "ranks" / "cells").iterdir():
         assert json.loads((run_dir / "result.json").read_text())["steps"] >= 1
 
@@ -180,10 +183,13 @@ def test_early_stop_ends_the_run_at_the_target(mqar_recipe, tmp_path):
 
 def test_grid_entries(mqar_recipe):
     cfg = {**mqar_recipe.DEFAULTS, "grid": {"mixers": ["gla", ["base_conv", "based"],
-                                                       {"label": "attn4", "mixer": "attention", "n_heads": 4}],
+                                                       {"label": "attn4", "mixer": "attention", "n_heads": 4,
+                                                        "lrs": [3e-3]}],
                                             "d_models": [32], "tasks": [[64, 4], [128, 8]], "lrs": [1e-3, 1e-2]}}
     runs = mqar_recipe.build_grid(cfg)
-    assert len(runs) == 3 * 2 * 2
+    assert len(runs) == (2 * 2 + 1) * 2  # attn4 has its own single lr
+    assert {r["lr"] for r in runs if r["mixer"] == "attn4"} == {3e-3}
+    assert {r["lr"] for r in runs if r["mixer"] == "gla"} == {1e-3, 1e-2}
     labels = {r["mixer"] for r in runs}
     assert labels == {"gla", "base_conv+based", "attn4"}
     attn = next(r for r in runs if r["mixer"] == "attn4")
