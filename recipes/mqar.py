@@ -168,10 +168,15 @@ def build_grid(cfg: dict) -> list[dict]:
                     model_cfg = ModelConfig.from_dict(values)
                 except ValueError as exc:
                     raise ValueError(f"grid cell mixer={label} d_model={d_model}: {exc}") from None
-                for lr in lrs:
+                for lr_index, lr in enumerate(lrs):
                     run_id = f"{label}_T{seq_len}_kv{pairs}_d{d_model}_lr{lr:g}"
                     runs.append({"id": run_id, "mixer": label, "seq_len": seq_len, "num_kv_pairs": pairs,
-                                 "d_model": d_model, "lr": float(lr), "model": model_cfg.to_dict()})
+                                 "d_model": d_model, "lr": float(lr), "model": model_cfg.to_dict(),
+                                 "lr_index": lr_index})
+    # training order: every cell's first lr before any second lr (so skip_solved_lrs can skip the later
+    # ones), and within that the costliest runs (longest sequence x widest model) first, so that ranks
+    # taking runs from the queue finish close together
+    runs.sort(key=lambda r: (r["lr_index"], -r["seq_len"] * r["d_model"]))
     return runs
 
 

@@ -196,4 +196,8 @@ def test_grid_entries(mqar_recipe):
     assert attn["model"]["n_heads"] == 4 and attn["model"]["max_seq_len"] == 128 and attn["model"]["mlp"] == "none"
     hybrid = next(r for r in runs if r["mixer"] == "base_conv+based")
     assert hybrid["model"]["layers"] == ["base_conv", "based"] and hybrid["model"]["n_layers"] == 2
-    assert runs[0]["id"] == "gla_T64_kv4_d32_lr0.001"
+    # order: first lrs before second lrs, longest sequence first within them
+    assert runs[0]["id"] == "gla_T128_kv8_d32_lr0.001"
+    assert [r["lr_index"] for r in runs] == sorted(r["lr_index"] for r in runs)
+    first_pass = [r["seq_len"] for r in runs if r["lr_index"] == 0]
+    assert first_pass == sorted(first_pass, reverse=True)
