@@ -314,8 +314,12 @@ def best_per_cell(rows: list[dict]) -> dict:
     return best
 
 
-def write_outputs(out_dir: Path, runs: list[dict], cells_dir: Path, title: str) -> list[dict]:
-    """results.csv (every finished run, best_lr marks the best of its cell), results.md, results.png."""
+def write_outputs(out_dir: Path, runs: list[dict], cells_dir: Path, title: str,
+                  solved_target: Optional[float] = None) -> list[dict]:
+    """results.csv (every finished run, best_lr marks the best of its cell), results.md, results.png.
+
+    solved_target: with skip_solved_lrs, the accuracy that solves a cell; a run without a result
+    whose cell another lr solved is listed as skipped, not as unfinished."""
     rows = [r for r in (read_result(cells_dir / run["id"]) for run in runs) if r is not None]
     best = best_per_cell(rows)
     buffer = io.StringIO()
@@ -325,8 +329,12 @@ def write_outputs(out_dir: Path, runs: list[dict], cells_dir: Path, title: str) 
         key = (row["mixer"], row["seq_len"], row["num_kv_pairs"], row["d_model"])
         writer.writerow({**row, "best_lr": int(best[key] is row)})
     atomic_write_text(out_dir / "results.csv", buffer.getvalue())
-    missing = [run["id"] for run in runs if read_result(cells_dir / run["id"]) is None]
-    atomic_write_text(out_dir / "results.md", results_markdown(runs, best, missing, title))
+    missing, skipped = [], []
+    for run in runs:
+        if read_result(cells_dir / run["id"]) is None:
+            solved = solved_target is not None and _solved_sibling(run, runs, cells_dir, solved_target)
+            (skipped if solved else missing).append(run["id"])
+    atomic_write_text(out_dir / "results.md", results_markdown(runs, best, missing, title, skipped))
     plot_results(runs, best, out_dir / "results.png", title)
     return rows
 
@@ -339,7 +347,8 @@ def _axes(runs: list[dict]):
     return tasks, mixers, d_models
 
 
-def results_markdown(runs: list[dict], best: dict, missing: list[str], title: str) -> str:
+def results_markdown(runs: list[dict], best: dict, missing: list[str], title: str,
+                     skipped: Sequence[str] = ()) -> str:
     tasks, mixers, d_models = _axes(runs)
     lines = [f"# {title}", "", "Test accuracy (fraction of answer tokens predicted exactly) of the best lr per cell; "
              "in brackets: that lr and the optimizer steps it took (early stop at the target accuracy).", ""]
@@ -354,6 +363,9 @@ def results_markdown(runs: list[dict], best: dict, missing: list[str], title: st
                 cells.append("—" if row is None else f"{row['accuracy']:.3f} (lr {row['lr']:g}, {row['steps']} steps)")
             lines.append(f"| {mixer} | " + " | ".join(cells) + " |")
         lines.append("")
+    if skipped:
+        lines += [f"Not run, another lr of the cell reached the target (skip_solved_lrs; {len(skipped)} runs): "
+                  + ", ".join(skipped), ""]
     if missing:
         lines += [f"Not finished ({len(missing)} runs): " + ", ".join(missing), ""]
     return "\n".join(lines)
@@ -430,8 +442,9 @@ def main(argv: Optional[Sequence[str]] = None) -> list[dict]:
         wait_for_ranks(store, world, rank)
     rows = []
     if rank == 0:
-        rows = write_outputs(out_dir, runs, cells_dir, f"MQAR sweep: {cfg['name']}")
-        print(f"[mqar] {len(rows)}/{len(runs)} runs finished; this launch took {time.time() - start:.1f} s; "
+        rows = write_outputs(out_dir, runs, cells_dir, f"MQAR sweep: {cfg['name']}",
+                             target if cfg["skip_solved_lrs"] else None)
+        print(f"[mqar] {len(rows)}/{len(runs)} runs finished (the others: see results.md); this launch took {time.time() - start:.1f} s; "
               f"results: {out_dir / 'results.md'}, {out_dir / 'results.csv'}, {out_dir / 'results.png'}; "
               f"TensorBoard: tensorboard --logdir {cells_dir}", flush=True)
     return rows

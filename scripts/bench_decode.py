@@ -8,7 +8,8 @@ For each registered causal family (scripts/_families.py: every family from its t
 scaled to one shape, MLP widths matched to the Transformer's parameter count) and each context
 length L: a chunked prefill of L random tokens (forward with state continuation,
 `--prefill_chunk` tokens at a time) builds the decoding state; then `--tokens` single-token
-`step` calls are timed per context, the contexts taking turns in `--rounds` rounds, after 2
+`step` calls are timed per context, the contexts taking turns in `--rounds` rounds (default: one
+step per context per round, so a slow spell of the machine hits every context alike), after 2
 warm-up steps. Reported: median and min; ratios and the check use the min, the estimator least
 disturbed by other processes on a shared CPU. State bytes = ModelState.nbytes() at L. A
 family's larger contexts are skipped (and the table says so) when its prefill would exceed
@@ -45,6 +46,7 @@ def step_times(model, states: dict, tokens: int, rounds: int, vocab: int, device
     steps each per round, so load from other processes hits every context alike."""
     times = {context: [] for context in states}
     tokens_now = {context: torch.randint(0, vocab, (1,), device=device) for context in states}
+    rounds = rounds if rounds > 0 else tokens
     per_round = max(1, tokens // rounds)
     for round_idx in range(rounds):
         for context in states:
@@ -106,8 +108,9 @@ def main() -> None:
     parser.add_argument("--n_layers", type=int, default=2)
     parser.add_argument("--vocab", type=int, default=4096)
     parser.add_argument("--contexts", type=int, nargs="+", default=[1024, 4096, 16384, 65536])
-    parser.add_argument("--tokens", type=int, default=60, help="timed decode steps per context")
-    parser.add_argument("--rounds", type=int, default=6, help="contexts take turns this many times")
+    parser.add_argument("--tokens", type=int, default=120, help="timed decode steps per context")
+    parser.add_argument("--rounds", type=int, default=0,
+                        help="contexts take turns this many times (0: every step, the finest interleaving)")
     parser.add_argument("--prefill_chunk", type=int, default=2048)
     parser.add_argument("--prefill_budget_s", type=float, default=120.0)
     parser.add_argument("--threads", type=int, default=1)

@@ -102,6 +102,25 @@ def test_tiny_sweep_end_to_end(mqar_recipe, tmp_path, monkeypatch):
         assert direct_accuracy(model, test["input_ids"], test["labels"]) == pytest.approx(value, abs=1e-12)
 
 
+def test_skip_solved_lrs_skips_later_lrs_of_a_solved_cell(mqar_recipe, tmp_path, monkeypatch):
+    """A per-mixer lr list with skip_solved_lrs: once a cell's first lr reaches early_stop.accuracy
+    its later lrs are not trained, and results.md lists them as skipped, not as unfinished. With
+    target 0.0 every first lr solves its cell; with 1.01 none can, so every lr trains."""
+    calls = []
+    real = mqar_recipe.train_run
+    monkeypatch.setattr(mqar_recipe, "train_run", lambda run, *a: calls.append(run["id"]) or real(run, *a))
+    grid = {"grid.mixers": "[{mixer: attention, lrs: [0.01, 0.003]}]", "skip_solved_lrs": "true"}
+    mqar_recipe.main(tiny_args(tmp_path, name="solved", **grid, **{"early_stop.accuracy": 0.0}))
+    assert calls == ["attention_T16_kv2_d16_lr0.01"]
+    md = (tmp_path / "solved" / "results.md").read_text()
+    assert "Not run, another lr of the cell reached the target" in md and "attention_T16_kv2_d16_lr0.003" in md
+    assert "Not finished" not in md
+    calls.clear()
+    mqar_recipe.main(tiny_args(tmp_path, name="unsolved", **grid, **{"early_stop.accuracy": 1.01}))
+    assert calls == ["attention_T16_kv2_d16_lr0.01", "attention_T16_kv2_d16_lr0.003"]
+    assert "Not run" not in (tmp_path / "unsolved" / "results.md").read_text()
+
+
 def test_sweep_resumes_without_rerunning(mqar_recipe, tmp_path, monkeypatch):
     calls = []
     real = mqar_recipe.train_run
