@@ -8,7 +8,7 @@ For each registered causal family (scripts/_families.py: every family from its t
 scaled to one shape, MLP widths matched to the Transformer's parameter count) and each context
 length L: a chunked prefill of L random tokens (forward with state continuation,
 `--prefill_chunk` tokens at a time) builds the decoding state; then `--tokens` single-token
-`step` calls are timed per context, the contexts taking turns in `--rounds` rounds (default: one
+`step` calls are timed per context (fewer for a slow family, so its steps fit `--step_budget_s`), the contexts taking turns in `--rounds` rounds (default: one
 step per context per round, so a slow spell of the machine hits every context alike), after 2
 warm-up steps. Reported: median and min; ratios and the check use the min, the estimator least
 disturbed by other processes on a shared CPU. State bytes = ModelState.nbytes() at L. A
@@ -40,26 +40,37 @@ def prefill(model, ids: torch.Tensor, chunk: int):
     return state
 
 
+MIN_TIMED_STEPS = 20
+
+
 @torch.no_grad()
-def step_times(model, states: dict, tokens: int, rounds: int, vocab: int, device) -> dict:
-    """Per context: all timed `step` durations (s). The contexts take turns, `tokens // rounds`
+def step_times(model, states: dict, tokens: int, rounds: int, vocab: int, device, budget_s: float) -> dict:
+    """Per context: all timed `step` durations (s). After 2 warm-up steps per context, `tokens`
+    steps per context are timed, lowered (to no fewer than MIN_TIMED_STEPS) so that all contexts'
+    timed steps fit `budget_s` at their warm-up latencies. The contexts take turns, `tokens // rounds`
     steps each per round, so load from other processes hits every context alike."""
-    times = {context: [] for context in states}
     tokens_now = {context: torch.randint(0, vocab, (1,), device=device) for context in states}
-    rounds = rounds if rounds > 0 else tokens
-    per_round = max(1, tokens // rounds)
-    for round_idx in range(rounds):
+
+    def one_step(context) -> float:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        logits, states[context] = model.step(tokens_now[context], states[context])
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        elapsed = time.perf_counter() - start
+        tokens_now[context] = logits.argmax(-1)
+        return elapsed
+
+    warm = {context: min(one_step(context) for _ in range(2)) for context in states}
+    affordable = int(budget_s / sum(warm.values()))
+    tokens = max(MIN_TIMED_STEPS, min(tokens, affordable))
+    rounds = rounds if 0 < rounds <= tokens else tokens
+    per_round = tokens // rounds
+    times = {context: [] for context in states}
+    for _ in range(rounds):
         for context in states:
-            for i in range(per_round + (2 if round_idx == 0 else 0)):  # 2 warm-up steps first
-                if device.type == "cuda":
-                    torch.cuda.synchronize()
-                start = time.perf_counter()
-                logits, states[context] = model.step(tokens_now[context], states[context])
-                if device.type == "cuda":
-                    torch.cuda.synchronize()
-                if round_idx or i >= 2:
-                    times[context].append(time.perf_counter() - start)
-                tokens_now[context] = logits.argmax(-1)
+            times[context] += [one_step(context) for _ in range(per_round)]
     return times
 
 
@@ -90,7 +101,7 @@ def measure_family(name, cfg, args, device) -> list[dict]:
         rows.append({"family": name, "context": context, "state_bytes": states[context].nbytes(),
                      "prefill_s": history[-1][1]})
     try:
-        times = step_times(model, states, args.tokens, args.rounds, cfg.vocab_size, device)
+        times = step_times(model, states, args.tokens, args.rounds, cfg.vocab_size, device, args.step_budget_s)
     except (ValueError, RuntimeError) as exc:
         return [{"family": name, "context": r["context"], "skipped": f"step failed: {exc}"} for r in rows]
     for row in rows:
@@ -98,7 +109,7 @@ def measure_family(name, cfg, args, device) -> list[dict]:
             row["latency_s"] = statistics.median(times[row["context"]])
             row["min_latency_s"] = min(times[row["context"]])
             print(f"{name} {row['context']}: prefill {row['prefill_s']:.1f} s, {row['min_latency_s'] * 1e3:.2f} ms/token "
-                  f"(min), {row['state_bytes']:,} state bytes", file=sys.stderr, flush=True)
+                  f"(min of {len(times[row['context']])}), {row['state_bytes']:,} state bytes", file=sys.stderr, flush=True)
     return rows
 
 
@@ -108,7 +119,10 @@ def main() -> None:
     parser.add_argument("--n_layers", type=int, default=2)
     parser.add_argument("--vocab", type=int, default=4096)
     parser.add_argument("--contexts", type=int, nargs="+", default=[1024, 4096, 16384, 65536])
-    parser.add_argument("--tokens", type=int, default=120, help="timed decode steps per context")
+    parser.add_argument("--tokens", type=int, default=500,
+                        help="timed decode steps per context (the min over many steps is the stable estimate)")
+    parser.add_argument("--step_budget_s", type=float, default=60.0,
+                        help="time for one family's timed steps, all contexts together (fewer steps for slow ones)")
     parser.add_argument("--rounds", type=int, default=0,
                         help="contexts take turns this many times (0: every step, the finest interleaving)")
     parser.add_argument("--prefill_chunk", type=int, default=2048)
@@ -128,7 +142,8 @@ def main() -> None:
 
     device_name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU ({platform.machine()}, {args.threads} thread(s))"
     print(f"device: {device_name}; torch {torch.__version__}; d_model {args.d_model}, {args.n_layers} layers, "
-          f"vocab {args.vocab}, {args.dtype}, batch 1; {args.tokens} timed steps per context\n")
+          f"vocab {args.vocab}, {args.dtype}, batch 1; up to {args.tokens} timed steps per context "
+          f"(at least {MIN_TIMED_STEPS}, within {args.step_budget_s:g} s per family)\n")
     base = {r["context"]: r for r in results.get("attention", []) if "skipped" not in r}
     print("| family | context | state (KB) | state vs KV cache | ms/token (median) | ms/token (min) | "
           "min vs own first context | min vs Transformer |")

@@ -4,7 +4,8 @@
 
 CPU mode: naive (masked T×T form where it fits in --naive-mem-gb, and the token loop) vs the
 chunked PyTorch form, B=1, H=4, D=64, per-channel key decay. Prints the device, one table, the
-ratios naive/chunked and the chunked time ratio between consecutive T (linear in T: about 2).
+ratios naive/chunked and the chunked time ratio between consecutive T (linear in T: about 2);
+`--scaling N` adds that ratio for the two largest T measured alternately N times each.
 A `--device cuda` mode adds GPU backends to BACKENDS_BY_DEVICE (one function per backend).
 """
 from __future__ import annotations
@@ -100,6 +101,39 @@ def bench(args):
     return rows
 
 
+def interleaved_scaling(args, name="torch chunked"):
+    """t(2T)/t(T) of `name` for T = the largest --T / 2, fwd and fwd+bwd: the two lengths are timed
+    alternately `args.scaling` times each (after one warm-up of each), so a slow spell of a shared
+    machine hits both alike. Rows: min and median of each length and their ratios."""
+    fn = BACKENDS_BY_DEVICE[args.device][name][0]
+    long_T = max(args.T)
+    lengths = (long_T // 2, long_T)
+    inputs = {T: make_inputs(T, args.B, args.H, args.D, args.device) for T in lengths}
+    results = {}
+    for backward in (False, True):
+        times = {T: [] for T in lengths}
+        for i in range(args.scaling + 1):
+            for T in lengths:
+                q, k, v, gk = inputs[T]
+                if backward:
+                    q, k, v, gk = (t.detach().requires_grad_(True) for t in (q, k, v, gk))
+                with torch.set_grad_enabled(backward):
+                    elapsed = time_call(lambda: fn(q, k, v, gk, args), args.device, 1, backward, warmup=False)
+                if i:  # the first round is the warm-up
+                    times[T].append(elapsed)
+        results["fwd+bwd" if backward else "fwd"] = times
+    print(f"\n{name}: T={lengths[0]} and T={lengths[1]} timed alternately, {args.scaling} runs each after a warm-up")
+    print(f"| pass | T={lengths[0]} min ms | T={lengths[1]} min ms | ratio of mins | T={lengths[0]} median ms | "
+          f"T={lengths[1]} median ms | ratio of medians |")
+    print("|---|---|---|---|---|---|---|")
+    for pass_name, times in results.items():
+        short, long_ = times[lengths[0]], times[lengths[1]]
+        lo, hi = min(short), min(long_)
+        mid_lo, mid_hi = statistics.median(short), statistics.median(long_)
+        print(f"| {pass_name} | {lo * 1e3:.1f} | {hi * 1e3:.1f} | {hi / lo:.2f} | {mid_lo * 1e3:.1f} | "
+              f"{mid_hi * 1e3:.1f} | {mid_hi / mid_lo:.2f} |")
+
+
 def fmt(seconds):
     return "—" if seconds is None else f"{seconds * 1e3:.1f}"
 
@@ -126,6 +160,23 @@ def print_table(rows, names, reference):
             cells.append("—")
         print("| " + " | ".join(cells) + " |")
         prev = row
+
+
+def keep_freed_memory() -> str:
+    """glibc: serve every allocation from the heap and never give freed memory back (mallopt), so
+    repeated calls reuse pages instead of mapping and zero-filling fresh ones. By default glibc maps
+    blocks above its dynamic threshold (at most 32 MB) anew on each allocation: at T=8k the chunked
+    form's largest saved tensors pass 32 MB, at T=4k they do not, which bends the T-scaling."""
+    import ctypes
+    import ctypes.util
+
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c"))
+        ok = libc.mallopt(M_MMAP_THRESHOLD, 2 ** 30) and libc.mallopt(M_TRIM_THRESHOLD, 2 ** 31 - 1)
+    except (OSError, AttributeError):
+        ok = 0
+    return "glibc keeps freed memory (mmap threshold 1 GiB, no trim)" if ok else "could not set mallopt (not glibc?)"
 
 
 def describe_device(device):
@@ -156,12 +207,19 @@ def main():
     parser.add_argument("--clock", default="wall", choices=sorted(CLOCKS),
                         help="wall time, or this process's CPU time (use on a loaded shared CPU)")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--scaling", type=int, default=0,
+                        help="also time the chunked form at max(T)/2 and max(T) alternately this many times each "
+                             "(the T-scaling ratio with drift cancelled); 0: off")
+    parser.add_argument("--keep-freed-memory", action="store_true",
+                        help="CPU: glibc reuses freed memory instead of mapping fresh pages per call (mallopt)")
     args = parser.parse_args()
     global clock
     clock = CLOCKS[args.clock]
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"device: {describe_device(args.device)}")
+    if args.keep_freed_memory:
+        print(f"allocator: {keep_freed_memory()}")
     print(f"gla, B={args.B} H={args.H} Dk=Dv={args.D}, per-channel key decay, float32, "
           f"chunk {args.chunk_size} / sub-chunk {args.sub_chunk}, median of {args.repeats} runs "
           f"after one warm-up (naive: {args.naive_repeats} run, no warm-up); naive T×T only where it fits in "
@@ -170,6 +228,8 @@ def main():
     names = list(BACKENDS_BY_DEVICE[args.device])
     print()
     print_table(rows, names, reference="torch chunked")
+    if args.scaling:
+        interleaved_scaling(args)
 
 
 if __name__ == "__main__":
