@@ -295,7 +295,7 @@ def train_run(run: dict, cfg: dict, data: TaskData, info, ds_config: dict, run_d
 
 def _solved_sibling(run: dict, runs: list[dict], cells_dir: Path, target: float) -> bool:
     for other in runs:
-        if other is run or any(other[k] != run[k] for k in ("mixer", "seq_len", "num_kv_pairs", "d_model")):
+        if other is run or _cell_key(other) != _cell_key(run):
             continue
         done = read_result(cells_dir / other["id"])
         if done is not None and done["accuracy"] >= target:
@@ -304,11 +304,16 @@ def _solved_sibling(run: dict, runs: list[dict], cells_dir: Path, target: float)
 
 
 # ---------------------------------------------------------------------- outputs
+def _cell_key(row: dict) -> tuple:
+    """(mixer, seq_len, num_kv_pairs, d_model): the grid cell of a run or a result row."""
+    return row["mixer"], row["seq_len"], row["num_kv_pairs"], row["d_model"]
+
+
 def best_per_cell(rows: list[dict]) -> dict:
     """{(mixer, seq_len, kv, d_model): the row with the highest accuracy (ties: lower lr)}."""
     best = {}
     for row in sorted(rows, key=lambda r: r["lr"]):
-        key = (row["mixer"], row["seq_len"], row["num_kv_pairs"], row["d_model"])
+        key = _cell_key(row)
         if key not in best or row["accuracy"] > best[key]["accuracy"]:
             best[key] = row
     return best
@@ -320,19 +325,20 @@ def write_outputs(out_dir: Path, runs: list[dict], cells_dir: Path, title: str,
 
     solved_target: with skip_solved_lrs, the accuracy that solves a cell; a run without a result
     whose cell another lr solved is listed as skipped, not as unfinished."""
-    rows = [r for r in (read_result(cells_dir / run["id"]) for run in runs) if r is not None]
+    results = {run["id"]: read_result(cells_dir / run["id"]) for run in runs}
+    rows = [r for r in results.values() if r is not None]
     best = best_per_cell(rows)
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, CSV_COLUMNS, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     for row in rows:
-        key = (row["mixer"], row["seq_len"], row["num_kv_pairs"], row["d_model"])
-        writer.writerow({**row, "best_lr": int(best[key] is row)})
+        writer.writerow({**row, "best_lr": int(best[_cell_key(row)] is row)})
     atomic_write_text(out_dir / "results.csv", buffer.getvalue())
     missing, skipped = [], []
     for run in runs:
-        if read_result(cells_dir / run["id"]) is None:
-            solved = solved_target is not None and _solved_sibling(run, runs, cells_dir, solved_target)
+        if results[run["id"]] is None:
+            cell_best = best.get(_cell_key(run))
+            solved = solved_target is not None and cell_best is not None and cell_best["accuracy"] >= solved_target
             (skipped if solved else missing).append(run["id"])
     atomic_write_text(out_dir / "results.md", results_markdown(runs, best, missing, title, skipped))
     plot_results(runs, best, out_dir / "results.png", title)
@@ -444,8 +450,8 @@ def main(argv: Optional[Sequence[str]] = None) -> list[dict]:
     if rank == 0:
         rows = write_outputs(out_dir, runs, cells_dir, f"MQAR sweep: {cfg['name']}",
                              target if cfg["skip_solved_lrs"] else None)
-        print(f"[mqar] {len(rows)}/{len(runs)} runs finished (the others: see results.md); this launch took {time.time() - start:.1f} s; "
-              f"results: {out_dir / 'results.md'}, {out_dir / 'results.csv'}, {out_dir / 'results.png'}; "
+        print(f"[mqar] {len(rows)}/{len(runs)} runs finished (the others: see results.md); "
+              f"this launch took {time.time() - start:.1f} s; results: {out_dir / 'results.md'}, {out_dir / 'results.csv'}, {out_dir / 'results.png'}; "
               f"TensorBoard: tensorboard --logdir {cells_dir}", flush=True)
     return rows
 

@@ -8,9 +8,10 @@ For each registered causal family (scripts/_families.py: every family from its t
 scaled to one shape, MLP widths matched to the Transformer's parameter count) and each context
 length L: a chunked prefill of L random tokens (forward with state continuation,
 `--prefill_chunk` tokens at a time) builds the decoding state; then `--tokens` single-token
-`step` calls are timed per context (fewer for a slow family, so its steps fit `--step_budget_s`), the contexts taking turns in `--rounds` rounds (default: one
-step per context per round, so a slow spell of the machine hits every context alike), after 2
-warm-up steps. Reported: median and min; ratios and the check use the min, the estimator least
+`step` calls are timed per context (fewer for a slow family, so its steps fit
+`--step_budget_s`), the contexts taking turns in `--rounds` rounds (default: one step per
+context per round, so a slow spell of the machine hits every context alike), after 2 warm-up
+steps. Reported: median and min; ratios and the check use the min, the estimator least
 disturbed by other processes on a shared CPU. State bytes = ModelState.nbytes() at L. A
 family's larger contexts are skipped (and the table says so) when its prefill would exceed
 `--prefill_budget_s`, extrapolated from its last two prefills.
@@ -47,8 +48,8 @@ MIN_TIMED_STEPS = 20
 def step_times(model, states: dict, tokens: int, rounds: int, vocab: int, device, budget_s: float) -> dict:
     """Per context: all timed `step` durations (s). After 2 warm-up steps per context, `tokens`
     steps per context are timed, lowered (to no fewer than MIN_TIMED_STEPS) so that all contexts'
-    timed steps fit `budget_s` at their warm-up latencies. The contexts take turns, `tokens // rounds`
-    steps each per round, so load from other processes hits every context alike."""
+    timed steps fit `budget_s` at their warm-up latencies. The contexts take turns, `tokens //
+    rounds` steps each per round, so load from other processes hits every context alike."""
     tokens_now = {context: torch.randint(0, vocab, (1,), device=device) for context in states}
 
     def one_step(context) -> float:
