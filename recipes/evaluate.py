@@ -1,4 +1,4 @@
-"""Perplexity of a trained model on held-out packed shards or on a text file (DESIGN §7).
+"""Perplexity of a trained model on held-out packed shards or on a text file (docs/architecture.md §7).
 
     python recipes/evaluate.py --model runs/demo/hf --packed .cache/seqmodels/packed-<key>
     python recipes/evaluate.py --model runs/demo/checkpoints --text notes.txt --seq_len 256

@@ -1,4 +1,4 @@
-"""Sample text from a trained model with the recurrent form (DESIGN §7): one chunked prefill of
+"""Sample text from a trained model with the recurrent form (docs/architecture.md §7): one chunked prefill of
 the prompt, then one O(1)-state `step` per new token. Prints the text, prefill and decode
 speed, and the decoding state's memory after the prompt and at the end (constant for the
 linear families; the Transformer's KV cache grows).

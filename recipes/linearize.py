@@ -1,4 +1,4 @@
-"""Linearize a Llama-family HF checkpoint: attention transfer, then distillation (DESIGN §5.10, §7).
+"""Linearize a Llama-family HF checkpoint: attention transfer, then distillation (docs/architecture.md §5.10, §7).
 
     python recipes/linearize.py --teacher DIR --config recipes/configs/linearize_lizard.yaml
     deepspeed --num_gpus 1 recipes/linearize.py --teacher DIR --config recipes/configs/linearize_lizard.yaml

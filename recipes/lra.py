@@ -1,4 +1,4 @@
-"""Long Range Arena (Tay et al. 2020, arXiv 2011.04006; DESIGN §6-7): sequence classification
+"""Long Range Arena (Tay et al. 2020, arXiv 2011.04006; docs/architecture.md §6-7): sequence classification
 with any mixer, trained by seqmodels.train.trainer; reports test accuracy.
 
     python recipes/lra.py --config recipes/configs/lra_listops_cpu.yaml

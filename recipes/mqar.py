@@ -1,4 +1,4 @@
-"""MQAR sweep (Zoology, Arora et al. 2023, arXiv 2312.04927 §3-4; DESIGN §5.6, §7): a grid of
+"""MQAR sweep (Zoology, Arora et al. 2023, arXiv 2312.04927 §3-4; docs/architecture.md §5.6, §7): a grid of
 mixers (or hybrid layer patterns) x d_model x (seq_len, num_kv_pairs) x lr, each run a 2-layer
 model without MLP trained by seqmodels.train.trainer with early stop at the target accuracy;
 the best lr per cell goes into results.csv / results.md / results.png under the run directory.

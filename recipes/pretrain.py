@@ -1,4 +1,4 @@
-"""Pretrain a causal LM of any registered family under DeepSpeed (DESIGN §7).
+"""Pretrain a causal LM of any registered family under DeepSpeed (docs/architecture.md §7).
 
     deepspeed --num_gpus 1 recipes/pretrain.py --config recipes/configs/demo.yaml
     python recipes/pretrain.py --config recipes/configs/demo.yaml --train.steps 50   # one process

@@ -1,5 +1,5 @@
 """Per-token decoding latency and state memory vs context length, per family vs the Transformer's
-KV cache (DESIGN §9).
+KV cache (docs/architecture.md §9).
 
     python scripts/bench_decode.py                                   # CPU: contexts 1k..64k
     python scripts/bench_decode.py --contexts 1024 8192 65536 --d_model 768 --n_layers 12   # GPU

@@ -1,4 +1,4 @@
-"""GPU benchmark of the `gla` Triton kernels (DESIGN.md §9, issue 5): ours vs fla vs SDPA, one run.
+"""GPU benchmark of the `gla` Triton kernels (docs/architecture.md §9): ours vs fla vs SDPA, one run.
 
 Times forward and forward+backward (medians of triton.testing.do_bench, bf16 inputs) of
   ours-gla     : seqmodels triton_chunk.gla_triton, per-channel log-decay [B,T,H,D]

@@ -1,4 +1,4 @@
-"""Benchmark the `gla` op: fwd and fwd+bwd time per backend over a T sweep, with ratios (DESIGN §9).
+"""Benchmark the `gla` op: fwd and fwd+bwd time per backend over a T sweep, with ratios (docs/architecture.md §9).
 
     python scripts/bench_kernels.py --device cpu
 

@@ -1,4 +1,4 @@
-"""Training throughput and peak memory of one step per registered family at equal size (DESIGN §9).
+"""Training throughput and peak memory of one step per registered family at equal size (docs/architecture.md §9).
 
     python scripts/bench_train.py                        # CPU defaults: d_model 256, 4 layers, 4 x 512 tokens
     python scripts/bench_train.py --seq_len 2048 --batch 8 --d_model 768 --n_layers 12   # GPU

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The prepared device check for the Triton `gla` kernels (issue 5), one call on a lent CUDA GPU:
+# The prepared device check for the Triton `gla` kernels, one call on a CUDA GPU:
 # installs this package (no dependencies: the device image has torch, triton, transformers) and
 # the carried fla wheels, runs the gpu-marked tests (compiled kernels, bf16 vs the float32 torch
 # backend), then the benchmark (ours vs fla vs SDPA). Logs and the table go to $OUT.

@@ -1,4 +1,4 @@
-"""Pre-norm residual block: x + mixer(norm(x)), then x + mlp(norm(x)) (DESIGN §4.2).
+"""Pre-norm residual block: x + mixer(norm(x)), then x + mlp(norm(x)) (docs/architecture.md §4.2).
 
 A mixer with `residual_in_mixer = True` (its paper wires its own residual, e.g. Mega's gated
 residual) receives the raw residual stream and its output replaces it.

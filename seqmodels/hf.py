@@ -1,4 +1,4 @@
-"""Hugging Face wrappers: `SeqModelsConfig` / `SeqModelsForCausalLM` (DESIGN §4.4).
+"""Hugging Face wrappers: `SeqModelsConfig` / `SeqModelsForCausalLM` (docs/architecture.md §4.4).
 
 Registered with AutoConfig / AutoModelForCausalLM when `seqmodels` is imported, so a
 `save_pretrained` directory loads with `AutoModelForCausalLM.from_pretrained(path)` and no

@@ -4,7 +4,7 @@
     to_llama(model, "out_dir")                 # -> a LlamaForCausalLM directory
 
 Our Transformer is Llama's architecture (RMSNorm, RoPE in rotate-half layout, SwiGLU, GQA;
-DESIGN §5.1), so conversion is a renaming of weights. What cannot be represented is refused
+docs/architecture.md §5.1), so conversion is a renaming of weights. What cannot be represented is refused
 with the reason (rope scaling, MLP biases, sliding-window Mistral, other activations).
 """
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""SeqLM: embedding -> blocks -> final norm -> head (DESIGN §4.2).
+"""SeqLM: embedding -> blocks -> final norm -> head (docs/architecture.md §4.2).
 
     forward(input_ids, labels=None, state=None, return_state=False)   parallel/chunked form
     init_state(batch_size)                                             empty decoding state

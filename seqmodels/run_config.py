@@ -1,4 +1,4 @@
-"""Run configs for the recipes: `--config run.yaml` plus `--a.b value` overrides (DESIGN §7).
+"""Run configs for the recipes: `--config run.yaml` plus `--a.b value` overrides (docs/architecture.md §7).
 
 A recipe declares its defaults as a nested mapping; the YAML file and then the command-line
 overrides are merged on top. Keys must exist in the defaults (a typo fails with the valid keys

@@ -1,6 +1,6 @@
 """Test helpers: comparison metrics and the mixer-contract checks every family's tests run.
 
-The five invariants of DESIGN §4.1, for a mixer built from a ModelConfig in float64:
+The five invariants of docs/architecture.md §4.1, for a mixer built from a ModelConfig in float64:
 1. forward with kernel_backend="naive" == forward with the chunked backend ("torch");
 2. forward(x) == T calls of step() from init_state();
 3. forward(x[:, :t]) then forward(x[:, t:], state) == forward(x);

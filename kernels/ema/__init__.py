@@ -1,4 +1,4 @@
-"""ema: Mega's damped multi-dimensional EMA (Ma et al. 2022, arXiv 2209.10655 §3.1, App. A; DESIGN §5.7).
+"""ema: Mega's damped multi-dimensional EMA (Ma et al. 2022, arXiv 2209.10655 §3.1, App. A).
 
     y, h = ema(x, p, log_q, beta, gamma, initial_state=None, output_final_state=False,
                chunk_size=64, backend="auto")

@@ -1,4 +1,4 @@
-"""`gla`: gated linear attention, the op most families are built on (DESIGN §3.1-3.3).
+"""`gla`: gated linear attention, the op most families are built on (docs/architecture.md §3.1-3.3).
 
     S_t = diag(e^{gk_t}) S_{t-1} diag(e^{gv_t}) + k_t v_tᵀ ,    o_t = scale · S_tᵀ q_t
 
@@ -6,7 +6,7 @@ GLA (Yang et al. 2023, arXiv 2312.06635, Eqs. 2-5) with an optional value-side d
 arXiv 2310.15719). Backends: "naive" (masked T×T form, naive.py), "torch" (chunked, chunk.py),
 "triton" (triton_chunk.py), "fla" (fla's kernels, CUDA only), "auto" (triton on CUDA, torch on CPU).
 A normalizer (linear attention's denominator) is the last output column when a ones column is
-appended to v (DESIGN §3.2).
+appended to v (docs/architecture.md §3.2).
 """
 from __future__ import annotations
 

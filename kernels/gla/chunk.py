@@ -1,7 +1,7 @@
 """Gated linear attention, chunked PyTorch form (default on CPU; autograd gives the backward).
 
-Same op as naive.py (DESIGN §3.1). Chunked as in GLA (Yang et al. 2023, arXiv 2312.06635,
-§4.2-4.3: chunkwise form, Eqs. 4-5, and secondary chunking, Fig. 3), numerics as in DESIGN §3.3.
+Same op as naive.py (docs/architecture.md §3.1). Chunked as in GLA (Yang et al. 2023, arXiv 2312.06635,
+§4.2-4.3: chunkwise form, Eqs. 4-5, and secondary chunking, Fig. 3), numerics as in docs/architecture.md §3.3.
 Inside a chunk of C tokens, b_r is the running log-decay from the chunk start to r (inclusive),
 Γ = b at the last position, S the state at the chunk start:
 

@@ -1,6 +1,6 @@
 """Gated linear attention, the definition in closed form (float64 oracle; tests only).
 
-Op (DESIGN §3.1; GLA: Yang et al. 2023, arXiv 2312.06635, Eqs. 2-3; value-side decay:
+Op (docs/architecture.md §3.1; GLA: Yang et al. 2023, arXiv 2312.06635, Eqs. 2-3; value-side decay:
 ReLiT, Pramanik et al., arXiv 2310.15719, §3):
 
     S_t = diag(e^{gk_t}) S_{t-1} diag(e^{gv_t}) + k_t v_tᵀ ,    o_t = scale · S_tᵀ q_t

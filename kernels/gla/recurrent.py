@@ -2,7 +2,7 @@
 
     S_t = diag(e^{gk_t}) S_{t-1} diag(e^{gv_t}) + k_t v_tᵀ ,    o_t = scale · S_tᵀ q_t
 
-(DESIGN §3.1; GLA, arXiv 2312.06635, Eq. 2 in recurrent form; value decay: ReLiT, arXiv 2310.15719.)
+(docs/architecture.md §3.1; GLA, arXiv 2312.06635, Eq. 2 in recurrent form; value decay: ReLiT, arXiv 2310.15719.)
 The state is kept in float32 (float64 for float64 inputs); outputs come back in q's dtype.
 """
 from __future__ import annotations

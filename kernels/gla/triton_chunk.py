@@ -1,11 +1,11 @@
 """Chunked Triton kernels for gated linear attention (`gla` backend "triton"), forward and backward.
 
-Recurrence (DESIGN.md §3.1; GLA, Yang et al. 2023, arXiv 2312.06635, §4.1 recurrent form):
+Recurrence (docs/architecture.md §3.1; GLA, Yang et al. 2023, arXiv 2312.06635, §4.1 recurrent form):
     S_t = diag(exp(g_t)) S_{t-1} + k_t v_t^T,     o_t = scale * S_t^T q_t
 with per-channel log-gates g_t in R^{Dk} (<= 0) or one scalar per head broadcast over Dk
 (RetNet / Lightning / simple GLA).
 
-Chunked form (GLA §4.2-4.3: chunkwise form, secondary-level chunking; DESIGN.md §3.3). Inside chunk i with
+Chunked form (GLA §4.2-4.3: chunkwise form, secondary-level chunking; docs/architecture.md §3.3). Inside chunk i with
 chunk-local cumulative gates b_r = sum_{u<=r} g_u and Gamma = b_last, state H_i at the chunk start:
     o_r     = scale * (q_r * e^{b_r})^T H_i + sum_{s<=r} A_rs v_s
     A_rs    = scale * sum_c q_rc k_sc e^{b_rc - b_sc}

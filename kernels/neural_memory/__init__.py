@@ -1,4 +1,4 @@
-"""neural_memory: Titans long-term memory (Behrouz et al. 2024, arXiv 2501.00663 §3.1-3.2, Eqs. 11-18; DESIGN §5.8).
+"""neural_memory: Titans long-term memory (Behrouz et al. 2024, arXiv 2501.00663 §3.1-3.2, Eqs. 11-18).
 
     y, state = neural_memory(q, k, v, theta, log_eta, log_retain, chunk_size=16,
                              initial_state=None, output_final_state=False, backend="auto")

@@ -1,7 +1,7 @@
 """Titans neural memory, sequential reference: a token loop whose gradients come from autograd (the definition).
 
 Titans, Behrouz et al. 2024, arXiv 2501.00663 §3.1-3.2; memory M with parameters P (a matrix,
-M(k) = k M, or the weights of an MLP) and mini-batch size b (DESIGN §5.8):
+M(k) = k M, or the weights of an MLP) and mini-batch size b (docs/architecture.md §5.8):
     t' = first token of t's mini-batch (mini-batches at absolute positions 0, b, 2b, ...)
     u_t = ∇_P ℓ(P_{t'-1}; k_t, v_t),  ℓ = ||M(k_t) - v_t||²          (Eqs. 12, 16-17)
     S_t = η_t S_{t-1} - θ_t u_t                                       (Eq. 14 / 18), per parameter

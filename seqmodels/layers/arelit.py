@@ -1,7 +1,7 @@
 """AReLiT: ReLiT with its η·dk × dv state replaced by r cosine-modulated key and value traces.
 
 Pramanik et al., arXiv 2310.15719 (v2: AGaLiTe). Paper text not readable here (no equation
-numbers cited); follows DESIGN §5.11 and the authors' code (github.com/subho406/agalite,
+numbers cited); follows docs/architecture.md §5.11 and the authors' code (github.com/subho406/agalite,
 src/models/relit/arelit.py). Same features and gates as ReLiT (relit.py); with
 ω_j = linspace(-π, π, r) and c_j(t) = cos(ω_j t), t = 1, 2, ... the token's 1-based position:
 

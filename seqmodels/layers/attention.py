@@ -2,7 +2,7 @@
 
 Vaswani et al. 2017 (arXiv 1706.03762, Eq. 1): softmax(Q K^T / sqrt(d)) V, causal; rotary
 positions (Su et al. 2021, arXiv 2104.09864) on q and k; grouped-query attention (Ainslie
-et al. 2023, arXiv 2305.13245) when n_kv_heads < n_heads. DESIGN §5.1.
+et al. 2023, arXiv 2305.13245) when n_kv_heads < n_heads.
 
 Decoding state: a KVCache (grows with T: the cost the linear families remove). Projection
 names match Hugging Face's LlamaAttention (q_proj, k_proj, v_proj, o_proj).

@@ -1,4 +1,4 @@
-"""The mixer contract (DESIGN §4.1) every token mixer implements.
+"""The mixer contract (docs/architecture.md §4.1) every token mixer implements.
 
     forward(x [B,T,d_model], state=None, return_state=False) -> (y [B,T,d_model], new_state | None)
         the parallel/chunked training form; `state` continues a prefill.

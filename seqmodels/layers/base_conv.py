@@ -1,7 +1,7 @@
 """BaseConv: a gated short convolution, the cheap local mixer of the Zoology/Based hybrids.
 
 Arora et al. 2023, Zoology (arXiv 2312.04927, §3 and App.; BaseConv from Arora et al. 2023/H3
-lineage) and the Based LM (arXiv 2402.18668 §3.2). DESIGN §5.6. Two forms, selected by
+lineage) and the Based LM (arXiv 2402.18668 §3.2). Two forms, selected by
 `mixer_options.base_conv.variant`:
 
 - "zoology" (default; HazyResearch/zoology zoology/mixers/base_conv.py):

@@ -2,7 +2,7 @@
 
 Arora et al. 2024, "Simple linear attention language models balance the recall-throughput
 tradeoff" (arXiv 2402.18668, §3.1 and App. on the Taylor map); the Zoology study, Arora et al.
-2023 (arXiv 2312.04927). DESIGN §5.6.
+2023 (arXiv 2312.04927).
 
 Per head, q and k are projected to a small feature dim d' (16), then
 

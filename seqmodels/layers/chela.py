@@ -1,8 +1,8 @@
 """CHELA: short-long convolutions with hardware-efficient linear attention — Liu et al., ICML 2024,
-arXiv 2406.08128; DESIGN §5.9.
+arXiv 2406.08128.
 
 Source note: the paper's method text (§3, Fig. 2) could not be read here (only its abstract and
-third-party summaries were reachable). What follows is DESIGN §5.9's reading — a Mega-style gated
+third-party summaries were reachable). What follows is our reading (docs/architecture.md §5.9) — a Mega-style gated
 block (arXiv 2209.10655 §3.2) whose EMA is replaced by short-long convolutions and whose attention
 is causal linear attention computed chunk-wise ("tiling": our `gla` op without decay) — and every
 detail the summaries do not fix is marked (ours).
@@ -32,7 +32,7 @@ adds LongConv(s) + ShortConv_p(s) on the same input s, which equals one long con
 K + pad(K_p). The layer always runs the folded kernel (one FFT); `branch_outputs` gives the two
 branches separately and the tests prove the fold exact.
 
-Decoding (DESIGN §5.9 decision): a free long kernel has no O(1) recurrence, so the state keeps the
+Decoding (decision, docs/architecture.md §5.9): a free long kernel has no O(1) recurrence, so the state keeps the
 last L_k − 1 inputs of the long conv (bounded by L_k, constant in the generated length), the
 short conv's K − 1 inputs, and the linear-attention state S [B, H, Dk, Dv + 1] (normalizer column).
 """

@@ -1,4 +1,4 @@
-"""Gated linear attention layer — Yang et al. 2023, arXiv 2312.06635, §4.1-4.4 (DESIGN §5.4).
+"""Gated linear attention layer — Yang et al. 2023, arXiv 2312.06635, §4.1-4.4.
 
 Per head, with a data-dependent per-key-channel forget gate α_t ∈ (0, 1)^{Dk}:
 

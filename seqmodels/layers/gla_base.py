@@ -1,4 +1,4 @@
-"""The base of the mixers built on the `gla` op (DESIGN §3.2, §5.12): RetNet, Lightning, GLA,
+"""The base of the mixers built on the `gla` op (docs/architecture.md §3.2, §4.5): RetNet, Lightning, GLA,
 LightNet, ViG.
 
 `GLAMixer` holds the bias-free q, k, v projections split into heads (`head_dims()` gives Dk, Dv;

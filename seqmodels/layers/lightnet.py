@@ -1,4 +1,4 @@
-"""LightNet token mixer — Qin et al. 2024, "You Only Scan Once", arXiv 2405.21022 (§3; DESIGN §5.5).
+"""LightNet token mixer — Qin et al. 2024, "You Only Scan Once", arXiv 2405.21022 (§3).
 
 The additive linear recurrence, per key channel c (instead of a multiplicative decay):
 
@@ -10,7 +10,7 @@ The additive linear recurrence, per key channel c (instead of a multiplicative d
 i.e. `gla(SiLU(q), k̃, v, log_decay_k)` with k̃_t = e^{k_t - z_t} and log_decay_t = z_{t-1} - z_t
 (<= 0; 0 at the first token, where S_0 = 0). Decoding carries S and z [B, H, Dk]; the step is
 z' = logaddexp(z, k_t). Padding positions may hold k = -inf: (-inf) - (-inf) is guarded, such a
-position contributes nothing and leaves S and z unchanged. Block (DESIGN §5.5):
+position contributes nothing and leaves S and z unchanged. Block (docs/architecture.md §5.5):
 
     y = W_o( RMSNorm(o) ⊙ swish(x W_g1 W_g2) )     (norm over all heads, low-rank gate)
 

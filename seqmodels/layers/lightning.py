@@ -1,5 +1,5 @@
 """Lightning attention / TransNormerLLM token mixer — Qin et al., arXiv 2307.14995 (TNL, §3.1-3.3)
-and arXiv 2401.04658 (Lightning Attention-2, Alg. 1); DESIGN §5.3.
+and arXiv 2401.04658 (Lightning Attention-2, Alg. 1).
 
 Per head h, with a constant decay λ (NormAttention with decay, TNL Eq. 5; Alg. 1's recurrence):
 
@@ -14,7 +14,7 @@ Output (TNL §3.2, "Gated Linear Attention" + SRMSNorm §3.3):
 
 The channel mixer SGLU (TNL §3.2) is `mlp: sglu` in the config.
 
-Decision (decay, DESIGN §5.3): `decay_schedule: official` follows the released code,
+Decision (decay; docs/architecture.md §5.3): `decay_schedule: official` follows the released code,
 λ_{h,l} = exp(-s_h·(1 - l/(L-1) + 1e-5)) with s_h the ALiBi slope (2^{-8(h+1)/H} for H a power
 of two), l the layer index, L = n_layers (l/(L-1) := 0 when L = 1); `decay_schedule: paper` is
 TNL §3.1's λ = exp(-(8h/H)(1 - l/L)) with 0-based h and l (head 0 then has no decay).

@@ -1,6 +1,6 @@
 """Lizard attention: gated linear attention over Hedgehog feature maps plus an anchor-window softmax with meta memory.
 
-Lizard, arXiv 2507.09025 (v4) §3-4; DESIGN §5.10. No rotary positions. Per query head h (GQA: key/value
+Lizard, arXiv 2507.09025 (v4) §3-4. No rotary positions. Per query head h (GQA: key/value
 head h // (H / Hkv)), with q, k, v the softmax attention's projections (same names and shapes as
 seqmodels/layers/attention.py, so `from_attention` copies them):
   global branch (gated linear attention, Hedgehog map with separate learned W_q, W_k per head):

@@ -1,7 +1,7 @@
 """LoLCATs attention: sliding-window softmax plus Hedgehog linear attention over older tokens, one shared normalizer.
 
 Zhang et al. 2024, "LoLCATs: On Low-Rank Linearizing of Large Language Models", arXiv 2410.10254 (§3.1-3.2,
-Eq. 6); DESIGN §5.10 (the second linearization recipe). No rotary positions. Per query head h, with the
+Eq. 6); the second linearization student (docs/architecture.md §5.10). No rotary positions. Per query head h, with the
 softmax attention's q/k/v/o projections (names and shapes of seqmodels/layers/attention.py; GQA):
     φ(x) = [softmax_f(x W), softmax_f(−x W)]                   (Hedgehog softmax map, W [Dk, F] per head)
     a_ij = γ_h exp(q_i·k_j/√D − m_i)      for i − w < j ≤ i     (window, m_i = max of these scores)

@@ -1,4 +1,4 @@
-"""Mega: moving-average equipped gated attention — Ma et al. 2022, arXiv 2209.10655 (§3.1–3.5, App. A); DESIGN §5.7.
+"""Mega: moving-average equipped gated attention — Ma et al. 2022, arXiv 2209.10655 (§3.1–3.5, App. A).
 
 One Mega layer (the paper's Fig. 2 block, pre-norm as Mega's LM configurations), on the raw
 residual stream x [B, T, d] (`residual_in_mixer = True`: the Block adds nothing):
@@ -23,7 +23,7 @@ we evaluate Rot_{i−j}(a) · b, and it has no length limit.
 Mega-chunk (§3.5, Options.attention_chunk = c): attention only inside fixed chunks
 [mc, (m+1)c) of absolute positions; the EMA crosses chunks. Full attention otherwise.
 
-Decisions (DESIGN §5.7): the EMA runs through `seqmodels.kernels.ema` (FFT kernel for
+Decisions (docs/architecture.md §5.7): the EMA runs through `seqmodels.kernels.ema` (FFT kernel for
 training, "naive" token loop for the naive backend, `ema_step` for decoding) in float32
 (float64 for float64 inputs), log q = log1p(−p·a). The NFFN lives in the layer (Mega's block
 is EMA-attention + NFFN), so Mega presets set `mlp: none`; `nffn_hidden: 0` drops it and lets

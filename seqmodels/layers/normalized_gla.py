@@ -1,7 +1,7 @@
 """Normalized gated linear attention: o_t = (S_tᵀ q_t) / (z_t · q_t + eps) through one `gla` call.
 
 Shared by the families whose paper divides by a running key sum (Based, arXiv 2402.18668 §3.1;
-ReLiT, arXiv 2310.15719; DESIGN §3.2): a ones column is appended to v, so the gla state
+ReLiT, arXiv 2310.15719; docs/architecture.md §3.2): a ones column is appended to v, so the gla state
 S = [C | z] carries the normalizer z_t = diag(e^{gk_t}) z_{t-1} + k_t as its last column
 (value-side decay 0 for that column) and the last output column is z_t · q_t. scale = 1.
 

@@ -2,7 +2,7 @@
 
 Pramanik, Elelimy, Machado, White, "Recurrent Linear Transformers" (arXiv 2310.15719; v2 retitled
 AGaLiTe, where ReLiT is called GaLiTe). The paper's text was not readable from this environment,
-so equation numbers are not cited; the layer follows DESIGN §5.11 and the authors' released code
+so equation numbers are not cited; the layer follows docs/architecture.md §5.11 and the authors' released code
 (github.com/subho406/agalite, src/models/relit/arelit.py: the feature map and gates below).
 
 Per head (x_t the layer input, η the feature expansion, dk/dv the key/value head dims):
@@ -15,7 +15,7 @@ Per head (x_t the layer input, η the feature expansion, dk/dv the key/value hea
     s_t = (1-γ_t) ⊙ s_{t-1} + γ_t ⊙ φ(k_t)
     o_t = C_t φ(q_t) / (s_t · φ(q_t) + eps)
 
-**Decision (DESIGN §5.11):** the separable decay above, not the released ReLiT code's coupled
+**Decision:** the separable decay above, not the released ReLiT code's coupled
 1 - β γᵀ; it is exactly `gla` with log_decay_k = log(1-γ), log_decay_v = log(1-β), k = γ⊙φ(k),
 v = β⊙v, q = φ(q), scale 1, and the normalizer s as the ones column (value decay 0 there, so the
 last output column is s_t·φ(q_t)) — see normalized_gla. log(1-β) = logsigmoid(-W_β x);

@@ -1,4 +1,4 @@
-"""RetNet multi-scale retention — Sun et al. 2023, arXiv 2307.08621, Eqs. 5-8 (DESIGN §5.2).
+"""RetNet multi-scale retention — Sun et al. 2023, arXiv 2307.08621, Eqs. 5-8.
 
 Per head h (0-based) with a fixed decay γ_h = 1 - 2^{-5-h} (§2.2, "multi-scale"):
 
@@ -11,7 +11,7 @@ chunkwise form is the chunked `gla` with a constant per-head log-decay ln γ_h g
 
     Y = GroupNorm_h(retention_h(X)) ,   MSR(X) = (swish(X W_G) ⊙ Y) W_O
 
-Decision (DESIGN §5.2): the kernel computes raw retention — no decay-mask row normalization and
+Decision (docs/architecture.md §5.2): the kernel computes raw retention — no decay-mask row normalization and
 no score clamp. The per-head norm that follows makes the output invariant to the positive
 per-row scalars of §2.2's normalized forms, so torchscale's normalized retention and ours agree
 after the head norm (up to its eps). `head_norm`: "rmsnorm" (torchscale's per-head RMSNorm

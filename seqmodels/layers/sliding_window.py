@@ -2,7 +2,7 @@
 
 The local-precision component of the Based LM (Arora et al. 2024, arXiv 2402.18668 §3.2: small
 windows, 64 in the paper's discussion; the released 360M/1.3B configs use 128-256) and of the
-Zoology hybrids (arXiv 2312.04927). DESIGN §5.6. Projections, rotary positions and GQA are the
+Zoology hybrids (arXiv 2312.04927). Projections, rotary positions and GQA are the
 softmax attention mixer's (seqmodels/layers/attention.py, subclassed); the kernel is
 `seqmodels.kernels.attention` with `window=w`:
 

@@ -1,13 +1,13 @@
 """Titans memory as a gate (MAG): sliding-window attention with a persistent prefix, gated by the neural memory.
 
-Behrouz et al. 2024, arXiv 2501.00663 §4.2, Eqs. 26-28; DESIGN §5.8:
+Behrouz et al. 2024, arXiv 2501.00663 §4.2, Eqs. 26-28:
     x̃ = [p_1 … p_Np] ‖ x                                        (Eq. 26, persistent memory, Eq. 19)
     y = SW-Attn*(x̃)                                              (Eq. 27)
     o = y ⊗ M(x̃)                                                 (Eq. 28)
 "⊗ can be any non-linear gating. In our experiments, we normalize the outputs y and M(x̃) using
 learnable vector-valued weights, followed by a non-linearity σ(.)" (§4.2). We read this as
     out = W_O (RMSNorm(y) ⊙ σ(RMSNorm(M(x̃))))      (RMSNorm per head with a learned weight vector)
-as DESIGN §5.8 states. SW-Attn*: softmax attention in which each token sees the last `window`
+(docs/architecture.md §5.8). SW-Attn*: softmax attention in which each token sees the last `window`
 tokens (itself included) plus the Np persistent tokens, which are visible to every query
 (Fig. 3b); the persistent tokens' own outputs are dropped. The attention's projections, rotary
 positions (on the real tokens, positions 0, 1, …; the persistent keys carry no rotation) and GQA

@@ -1,6 +1,6 @@
 """Titans long-term memory as a layer (LMM): a matrix (or 2-layer MLP) memory that learns at test time.
 
-Behrouz et al. 2024, "Titans: Learning to Memorize at Test Time", arXiv 2501.00663; DESIGN §5.8.
+Behrouz et al. 2024, "Titans: Learning to Memorize at Test Time", arXiv 2501.00663.
 Per head, from the layer input x_t (§3.1, Eqs. 11-15; §4.4 architectural details):
     q_t, k_t, v_t = SiLU(ShortConv(x_t W_Q | x_t W_K | x_t W_V)),  q, k ← q/||q||, k/||k||
     θ_t = max_lr · σ(x_t w_θ),  η_t = σ(x_t w_η),  α_t = σ(x_t w_α)          (data-dependent, per head)
@@ -9,8 +9,8 @@ Per head, from the layer input x_t (§3.1, Eqs. 11-15; §4.4 architectural detai
     y_t = M_t(q_t)                                                            (Eq. 15, read after the update)
     out = W_O (RMSNorm(y_t) ⊙ σ(x_t W_g))                                     (§4.4: norm + linear gate)
 log η_t = logsigmoid(·) and log(1 − α_t) = logsigmoid(−·) are passed in log space to the
-`neural_memory` op. t' is the start of t's mini-batch of b = `memory_chunk_size` tokens (DESIGN
-§5.8 decision: gradients at the mini-batch-start weights, momentum and forgetting per token; b is
+`neural_memory` op. t' is the start of t's mini-batch of b = `memory_chunk_size` tokens (the
+paper's mini-batch form, §3.2 Eqs. 16-18: gradients at the mini-batch-start weights, momentum and forgetting per token; b is
 part of the model, b = 1 is the token-by-token rule). Order of §4.4's pieces (the paper names them
 but not their order): projection → depthwise causal conv (kernel `conv_size`) → SiLU → ℓ2-norm.
 

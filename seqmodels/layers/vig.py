@@ -1,5 +1,5 @@
 """ViG: bidirectional gated linear attention for images — Liao et al. 2024, arXiv 2405.18425
-(§3.2-3.3: BiGLA with direction-wise gating, 2D gating locality injection; DESIGN §5.4).
+(§3.2-3.3: BiGLA with direction-wise gating, 2D gating locality injection).
 
 Tokens are the cells of an H×W grid in row-major order (`grid: [H, W]`, or a square grid
 inferred from T). Per layer:

@@ -1,4 +1,4 @@
-"""Linearization: turn a softmax-attention LM into a linear-cost one (DESIGN §5.10, §7).
+"""Linearization: turn a softmax-attention LM into a linear-cost one (docs/architecture.md §5.10, §7).
 
 teacher.py (load + checks), student.py (student mixers via `from_attention`, student model),
 transfer.py (stage 1: per-layer attention-output MSE), distill.py (stage 2: KL + LoRA),

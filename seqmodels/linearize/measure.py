@@ -1,5 +1,5 @@
 """What the linearization report measures: held-out perplexity, MQAR accuracy, decoding-state
-bytes at a context length, and the branch ablation (DESIGN §7).
+bytes at a context length, and the branch ablation (docs/architecture.md §7).
 
 The ablation switches off the linear ("global") branch of every student mixer through its
 `linear_branch_enabled` attribute (Lizard: ŷ_global := 0; LoLCATs: linear scores dropped from

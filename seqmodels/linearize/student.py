@@ -1,6 +1,6 @@
 """Student mixers built from the teacher's attention layers, and the student model around them.
 
-DESIGN §5.10 / §7: a student mixer class is any registered mixer that defines
+docs/architecture.md §5.10 / §7: a student mixer class is any registered mixer that defines
 `from_attention(attn, **options)` (Lizard, LoLCATs). It copies the teacher's q/k/v/o; the
 *new* parameters (feature maps, gates, meta logits, mixing factors) are the ones stage 1
 trains. The student model is the teacher with each block's mixer replaced.

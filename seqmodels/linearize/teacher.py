@@ -1,6 +1,6 @@
 """The softmax teacher of a linearization: a Llama-family HF directory loaded as a SeqLM, and its tokenizer.
 
-DESIGN §7 (recipes/linearize.py). Loading and the model checks are `seqmodels.llama.from_llama`'s
+docs/architecture.md §7 (recipes/linearize.py). Loading and the model checks are `seqmodels.llama.from_llama`'s
 (not a causal LM / unsupported attention / missing files -> ValueError); here: every block's
 mixer must be softmax attention (something `from_attention` can read), and the tokenizer must
 fit the teacher's vocabulary.

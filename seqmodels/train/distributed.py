@@ -3,7 +3,7 @@
 
 `deepspeed.init_distributed` falls back to MPI discovery (and fails without mpi4py) unless
 RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PORT are set, so a plain `python` run
-gets single-process defaults first (DESIGN §7). The backend is the accelerator's (gloo on CPU,
+gets single-process defaults first (docs/architecture.md §7). The backend is the accelerator's (gloo on CPU,
 nccl on CUDA) unless `backend` is given.
 """
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """Packed text data for the recipes: find or build (corpus -> tokenizer -> shards) under a cache
-directory, then hand out rank-aware resumable loaders (seqmodels.data, DESIGN §6).
+directory, then hand out rank-aware resumable loaders (seqmodels.data, docs/architecture.md §6).
 
 `data:` section of a run config (`TextDataSettings`):
 - `packed`: an existing packed directory (index.json; its tokenizer in `<packed>/tokenizer`

@@ -1,5 +1,5 @@
 """The one training loop of the recipes: a DeepSpeed engine, warmup + cosine LR, periodic eval,
-atomic checkpoints with exact resume, NaN/inf guard, TensorBoard (DESIGN §7).
+atomic checkpoints with exact resume, NaN/inf guard, TensorBoard (docs/architecture.md §7).
 
 The loop knows no model family and no data format: it gets an `nn.Module`, a train loader
 (an iterable of batch dicts with `state_dict()` / `load_state_dict()`, e.g.

@@ -1,6 +1,6 @@
 """gla: naive (masked T×T) == chunked == token loop, values and gradients; properties of the op.
 
-Tolerances (DESIGN §8): float64 relative error <= 1e-10 (max|a-b| / max|b|), float32 <= 1e-5
+Tolerances (docs/architecture.md §8): float64 relative error <= 1e-10 (max|a-b| / max|b|), float32 <= 1e-5
 against the float64 oracle. Shapes: T not a multiple of the chunk, Dk != Dv, odd dims, gates down
 to -5 per step.
 """
@@ -66,7 +66,7 @@ def test_forms_agree_float32(key_decay, value_decay):
 
 
 def test_bfloat16_inputs_keep_float32_state():
-    """Accumulation and state in float32, output in the input dtype (DESIGN §3.2); bf16 rel RMS <= 1e-2."""
+    """Accumulation and state in float32, output in the input dtype (docs/architecture.md §3.2); bf16 rel RMS <= 1e-2."""
     x64 = make_inputs("channel", T=40)
     o_ref, s_ref = gla_naive(**x64, output_final_state=True)
     xb = {n: (None if t is None else t.bfloat16()) for n, t in x64.items()}
@@ -115,7 +115,7 @@ def test_two_calls_continue_one_call(reverse):
 
 
 def test_ones_column_gives_linear_attention_normalizer():
-    """o_t = Σ_{s≤t} φ(q_t)·φ(k_s) v_s / Σ_{s≤t} φ(q_t)·φ(k_s) from one gla call on [v, 1] (DESIGN §3.2)."""
+    """o_t = Σ_{s≤t} φ(q_t)·φ(k_s) v_s / Σ_{s≤t} φ(q_t)·φ(k_s) from one gla call on [v, 1] (docs/architecture.md §3.2)."""
     x = make_inputs(None, T=30)
     phi = lambda t: torch.nn.functional.elu(t) + 1  # noqa: E731  (Katharopoulos et al. 2020, Eq. 7)
     fq, fk, v = phi(x["q"]), phi(x["k"]), x["v"]

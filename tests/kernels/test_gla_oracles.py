@@ -1,4 +1,4 @@
-"""gla against flash-linear-attention's pure-PyTorch references (an external oracle, DESIGN §8).
+"""gla against flash-linear-attention's pure-PyTorch references (an external oracle, docs/architecture.md §8).
 
 fla's naive functions compute in float32 (they cast), so those comparisons use float64 inputs on
 our side and the float32 tolerance 1e-5; naive_parallel_based keeps float64, compared at 1e-10.

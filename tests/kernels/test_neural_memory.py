@@ -6,7 +6,7 @@ fla comparison: fla.ops.titans.naive.chunk_titans_linear_ref has the same mini-b
 update), but a different memory: a TTT-style M(k) = k + LayerNorm_{w,b}(k M) (loss target v - k,
 gradient through the LayerNorm), and its read is q M_t + LayerNorm_{w,b}(q M_t). A LayerNorm
 cannot be made the identity, so no choice of w, b reduces it to our linear memory M(k) = k M
-(DESIGN §5.8, the paper's Eq. 12 loss); it is therefore not used as an oracle here. (Its chunked
+(the paper's Eq. 12 loss, docs/architecture.md §5.8); it is therefore not used as an oracle here. (Its chunked
 path also computes `D * grad - grad.sum(-1) / (rstd * D)`, which differs from the LayerNorm
 backward written in its own comment line above it.)
 """

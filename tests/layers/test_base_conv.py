@@ -1,4 +1,4 @@
-"""BaseConv (Zoology arXiv 2312.04927; Based LM arXiv 2402.18668 §3.2; DESIGN §5.6): the five
+"""BaseConv (Zoology arXiv 2312.04927; Based LM arXiv 2402.18668 §3.2; docs/architecture.md §5.6): the five
 mixer invariants for both variants, the definition against an nn.Conv1d-based reference written
 here (Zoology's ShortConvolution: Conv1d with padding K-1, cropped to T), a SeqLM that learns,
 greedy generate, config errors. float64, tolerance 1e-10."""

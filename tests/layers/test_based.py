@@ -1,4 +1,4 @@
-"""Based linear attention (arXiv 2402.18668 §3.1, DESIGN §5.6): the five mixer invariants, the
+"""Based linear attention (arXiv 2402.18668 §3.1, docs/architecture.md §5.6): the five mixer invariants, the
 Taylor-map identity, 273-dim == 153-dim packing, fla's naive_parallel_based as an outside oracle,
 a SeqLM that learns, greedy generate, and config errors. float64, tolerance 1e-10 unless stated."""
 import pytest

@@ -1,4 +1,4 @@
-"""CHELA (arXiv 2406.08128, DESIGN §5.9): the five contract invariants (float64, tol 1e-10) with the
+"""CHELA (arXiv 2406.08128, docs/architecture.md §5.9): the five contract invariants (float64, tol 1e-10) with the
 state bounded by the long-kernel length L_k, the layer against a token-level reference of its
 equations, the structural reparameterization fold, decoding with the bounded tail, toy training and
 greedy generate."""

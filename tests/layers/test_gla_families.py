@@ -52,7 +52,7 @@ def test_hugging_face_round_trip_and_generate(preset, options, tmp_path):
 @pytest.mark.parametrize("preset", PRESETS + ["vig-tiny"])
 def test_bfloat16_forward_close_to_float64(preset):
     """The whole model in bf16 (states and gates accumulate in float32): logits within 1e-2
-    relative RMS of the float64 model (DESIGN §8's bf16 tolerance)."""
+    relative RMS of the float64 model (the bf16 tolerance of docs/architecture.md §8)."""
     from seqmodels.testing import rel_rms_err
 
     torch.manual_seed(0)

@@ -1,4 +1,4 @@
-"""GLA layer (arXiv 2312.06635 §4.1-4.4; DESIGN §5.4).
+"""GLA layer (arXiv 2312.06635 §4.1-4.4; docs/architecture.md §5.4).
 
 float64 equivalences at relative error <= 1e-10; fla's float32 reference at <= 1e-5.
 """

@@ -1,4 +1,4 @@
-"""LightNet (arXiv 2405.21022; DESIGN §5.5): the additive recurrence and its decoding state.
+"""LightNet (arXiv 2405.21022; docs/architecture.md §5.5): the additive recurrence and its decoding state.
 
 float64 equivalences at relative error <= 1e-10.
 """

@@ -1,4 +1,4 @@
-"""Lightning attention / TransNormerLLM (arXiv 2307.14995, 2401.04658; DESIGN §5.3).
+"""Lightning attention / TransNormerLLM (arXiv 2307.14995, 2401.04658; docs/architecture.md §5.3).
 
 float64 equivalences at relative error <= 1e-10; fla's float32 reference at <= 1e-5.
 """

@@ -1,4 +1,4 @@
-"""Lizard (arXiv 2507.09025 v4; DESIGN §5.10): the five mixer invariants (GQA, folded form, no meta logits,
+"""Lizard (arXiv 2507.09025 v4; docs/architecture.md §5.10): the five mixer invariants (GQA, folded form, no meta logits,
 window 1), the same with random (strong) gates, feature maps, meta logits and α; the folded-gate form equal
 to the gla form (outputs, gradients, continuation; float64 ≤ 1e-10); from_attention of a softmax attention:
 weights copied, finite outputs whose implied attention weights (the quadratic form written out here) are

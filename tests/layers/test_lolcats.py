@@ -1,4 +1,4 @@
-"""LoLCATs (arXiv 2410.10254; DESIGN §5.10): the five mixer invariants (GQA, window 1, window > T), step and
+"""LoLCATs (arXiv 2410.10254; docs/architecture.md §5.10): the five mixer invariants (GQA, window 1, window > T), step and
 continuation with random feature maps and mixing factors (keys folded into the linear state as they leave the
 ring buffer), from_attention (weights copied, identity feature maps, σ(w_h) = 0.1) with implied attention
 weights — one shared normalizer over window exp-scores and linear scores, written out here — that are

@@ -1,4 +1,4 @@
-"""Mega / Mega-chunk (arXiv 2209.10655, DESIGN §5.7): the five contract invariants (float64, tol 1e-10),
+"""Mega / Mega-chunk (arXiv 2209.10655, docs/architecture.md §5.7): the five contract invariants (float64, tol 1e-10),
 the layer against a token-level quadratic reference of the paper's equations, FFT EMA == recurrent EMA
 inside the layer, decoding across chunk boundaries, toy training and greedy generate."""
 import math

@@ -1,4 +1,4 @@
-"""ReLiT and AReLiT (arXiv 2310.15719, DESIGN §5.11 separable decay): the five mixer invariants
+"""ReLiT and AReLiT (arXiv 2310.15719, docs/architecture.md §5.11 separable decay): the five mixer invariants
 (also with strong gates; AReLiT's tick travels with the state), each layer against a token loop
 of its recurrence written here from the equations (ReLiT: C_t, s_t, o_t; AReLiT: the r
 cosine-modulated traces), the stable log(1-γ), SeqLMs that learn, greedy generate, config
@@ -67,7 +67,7 @@ def paper_features(mixer, x):
 
 
 def token_loop_reference(mixer, x, eps):
-    """The paper's recurrence C_t, s_t, o_t one token at a time (separable decay, DESIGN §5.11)."""
+    """The paper's recurrence C_t, s_t, o_t one token at a time (separable decay, docs/architecture.md §5.11)."""
     B, T, _ = x.shape
     H, dv, f = mixer.n_heads, mixer.head_dim_v, mixer.feature_dim
     C, s, outs = x.new_zeros(B, H, dv, f), x.new_zeros(B, H, f), []

@@ -1,4 +1,4 @@
-"""RetNet multi-scale retention (arXiv 2307.08621, Eqs. 5-8; DESIGN §5.2).
+"""RetNet multi-scale retention (arXiv 2307.08621, Eqs. 5-8; docs/architecture.md §5.2).
 
 float64 equivalences at relative error <= 1e-10; fla's float32 reference at <= 1e-5.
 """
@@ -55,7 +55,7 @@ def torchscale_normalized_retention(q, k, v, log_decay):
 
 @pytest.mark.parametrize("head_norm", ["rmsnorm", "groupnorm"])
 def test_torchscale_normalized_form_agrees_after_head_norm(head_norm):
-    """DESIGN §5.2: normalization scalars are positive per (head, row), so they vanish in the
+    """docs/architecture.md §5.2: normalization scalars are positive per (head, row), so they vanish in the
     per-head norm; with norm eps 1e-12 the remaining difference is below 1e-8."""
     cfg = small(norm_eps=1e-12, mixer_options={"retnet": {"head_norm": head_norm}})
     mixer = build_mixer(cfg)

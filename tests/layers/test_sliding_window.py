@@ -1,4 +1,4 @@
-"""Sliding-window softmax attention (arXiv 2402.18668 §3.2, DESIGN §5.6): the five mixer
+"""Sliding-window softmax attention (arXiv 2402.18668 §3.2, docs/architecture.md §5.6): the five mixer
 invariants (ring-buffer state constant in T), the definition against a masked softmax written
 here, equality with full causal attention when the window covers the sequence, a SeqLM that
 learns, greedy generate, config errors. float64, tolerance 1e-10."""

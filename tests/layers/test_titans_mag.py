@@ -1,4 +1,4 @@
-"""Titans memory as a gate (MAG, arXiv 2501.00663 Eqs. 26-28; DESIGN §5.8): the five mixer invariants
+"""Titans memory as a gate (MAG, arXiv 2501.00663 Eqs. 26-28; docs/architecture.md §5.8): the five mixer invariants
 (sliding-window ring buffer + memory state, constant in T; GQA), the layer against the definition written
 out here (softmax over [persistent ‖ window], memory branch, out = W_O(RMSNorm(y) ⊙ σ(RMSNorm(M(x̃))))),
 a SeqLM that learns, greedy generate, presets, config errors. float64, tolerance 1e-10."""

@@ -1,4 +1,4 @@
-"""Titans memory as a layer (LMM, arXiv 2501.00663 §3, §4.4; DESIGN §5.8) and MAL (Eqs. 29-31, the hybrid
+"""Titans memory as a layer (LMM, arXiv 2501.00663 §3, §4.4; docs/architecture.md §5.8) and MAL (Eqs. 29-31, the hybrid
 [titans_memory, sliding_window]): the five mixer invariants (naive backend = the sequential token loop with
 gradients at the mini-batch-start weights, torch backend = the chunked mini-batch form, step = the recurrent
 (M, S, M_t', position) step), the layer's memory read against the update rule written out here (b = 1: the

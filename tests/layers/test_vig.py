@@ -1,4 +1,4 @@
-"""ViG bidirectional GLA (arXiv 2405.18425; DESIGN §5.4): parallel two-mask form == two chunked
+"""ViG bidirectional GLA (arXiv 2405.18425; docs/architecture.md §5.4): parallel two-mask form == two chunked
 scans == two token-by-token scans, float64 at relative error <= 1e-10."""
 import pytest
 import torch

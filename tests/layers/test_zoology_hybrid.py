@@ -1,4 +1,4 @@
-"""Zoology/Based hybrids through the `layers:` pattern (DESIGN §4.2, §5.6) and this branch's
+"""Zoology/Based hybrids through the `layers:` pattern (docs/architecture.md §4.2, §5.6) and the
 presets: the mixer contract for every layer of a hybrid, a [base_conv, based] SeqLM that learns
 and decodes like its forward, a 3-way Based-LM pattern decoding, preset shapes and sizes."""
 import pytest

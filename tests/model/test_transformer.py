@@ -1,4 +1,4 @@
-"""Softmax Transformer (DESIGN §5.1): parallel forward == KV-cache decoding == prefill + continuation."""
+"""Softmax Transformer (docs/architecture.md §5.1): parallel forward == KV-cache decoding == prefill + continuation."""
 import pytest
 import torch
 
