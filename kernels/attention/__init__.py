@@ -22,7 +22,7 @@ from typing import Optional, Tuple, Union
 
 import torch
 
-from .._validate import check_positive_int, check_same_device_dtype, check_shape
+from .._validate import check_int, check_same_device_dtype, check_shape
 from .extras import Extras
 from .local import attention_local
 from .naive import attention_naive, visible_mask
@@ -94,9 +94,9 @@ def attention(
     B, T, H, D = q.shape
     S = k.shape[1]
     if window is not None:
-        check_positive_int("window", window)
+        check_int("window", window)
     if chunk_size is not None:
-        check_positive_int("chunk_size", chunk_size)
+        check_int("chunk_size", chunk_size)
     if not isinstance(k_offset, int) or k_offset < 0:
         raise ValueError(f"k_offset must be a non-negative integer, got {k_offset!r}")
     if q_offset is None:

@@ -14,7 +14,7 @@ from typing import Optional, Tuple
 
 import torch
 
-from .._validate import check_log_decay, check_positive_int, check_same_device_dtype, check_shape
+from .._validate import check_log_decay, check_int, check_same_device_dtype, check_shape
 from .chunk import ema_chunk
 from .fft import ema_fft
 from .naive import ema_naive
@@ -56,7 +56,7 @@ def ema(
     _check_params(p, log_q, beta, gamma, sizes, "x", x)
     if initial_state is not None:
         check_shape("initial_state", initial_state, ("B", "D", "N"), sizes)
-    check_positive_int("chunk_size", chunk_size)
+    check_int("chunk_size", chunk_size)
     _check_state("initial_state", initial_state, x)
     if backend == "naive":
         work = torch.float64 if x.dtype == torch.float64 else torch.float32

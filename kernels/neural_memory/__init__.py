@@ -24,7 +24,7 @@ from typing import Optional, Tuple, Union
 
 import torch
 
-from .._validate import check_log_decay, check_positive_int, check_same_device_dtype, check_shape
+from .._validate import check_log_decay, check_int, check_same_device_dtype, check_shape
 from .chunk import neural_memory_chunk
 from .mlp import MLPMemoryState, mlp_memory_loop, mlp_memory_recurrent_step, mlp_memory_sequential
 from .naive import neural_memory_sequential
@@ -108,7 +108,7 @@ def _check_seq(q, k, v, theta, log_eta, log_retain, chunk_size, sizes):
     check_shape("v", v, ("B", "T", "H", "Dv"), sizes)
     _check_gates(theta, log_eta, log_retain, ("B", "T", "H"), sizes)
     check_same_device_dtype({"q": q, "k": k, "v": v, "theta": theta, "log_eta": log_eta, "log_retain": log_retain})
-    check_positive_int("chunk_size", chunk_size)
+    check_int("chunk_size", chunk_size)
 
 
 def _resolve_mlp_state(state, sizes, dtype, device, chunk_size, name) -> MLPMemoryState:
@@ -162,4 +162,4 @@ def _check_step(q_t, k_t, v_t, theta_t, log_eta_t, log_retain_t, chunk_size, siz
     check_shape("v_t", v_t, ("B", "H", "Dv"), sizes)
     _check_gates(theta_t, log_eta_t, log_retain_t, ("B", "H"), sizes, "_t")
     check_same_device_dtype({"q_t": q_t, "k_t": k_t, "v_t": v_t, "theta_t": theta_t, "log_eta_t": log_eta_t, "log_retain_t": log_retain_t})
-    check_positive_int("chunk_size", chunk_size)
+    check_int("chunk_size", chunk_size)

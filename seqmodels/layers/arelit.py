@@ -2,7 +2,7 @@
 
 Pramanik et al., arXiv 2310.15719 (v2: AGaLiTe). Paper text not readable here (no equation
 numbers cited); follows DESIGN §5.11 and the authors' code (github.com/subho406/agalite,
-src/models/relit/arelit.py). Same features and gates as ReLiT (relit.py); with
+src/models/relit/arelit.py). Same features, gates and block wiring as ReLiT (seqmodels/modules/relit_base.py); with
 ω_j = linspace(-π, π, r) and c_j(t) = cos(ω_j t), t = 1, 2, ... the token's 1-based position:
 
     k̃_{j,t} = (1-γ_t) ⊙ k̃_{j,t-1} + c_j(t) γ_t ⊙ φ(k_t)       (j = 1..r, η·dk each)
@@ -28,9 +28,10 @@ from typing import ClassVar
 import torch
 
 from seqmodels.kernels.gla import gla, gla_step
-from seqmodels.layers.normalized_gla import state_dtype
 from seqmodels.layers.registry import register_mixer
-from seqmodels.layers.relit import ReLiT, ReLiTOptions, positive_int_option
+from seqmodels.modules.normalized_gla import state_dtype
+from seqmodels.modules.options import check_int_option
+from seqmodels.modules.relit_base import ReLiTBase, ReLiTOptions
 
 
 @dataclass
@@ -40,7 +41,7 @@ class AReLiTOptions(ReLiTOptions):
 
     def __post_init__(self):
         super().__post_init__()
-        positive_int_option(self.family, "r", self.r)
+        check_int_option(self.family, "r", self.r)
 
 
 @dataclass
@@ -51,7 +52,7 @@ class ArelitState:
 
 
 @register_mixer("arelit")
-class AReLiT(ReLiT):
+class AReLiT(ReLiTBase):
     Options = AReLiTOptions
 
     def __init__(self, cfg, layer_idx: int):

@@ -14,10 +14,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from seqmodels.kernels.attention import KVCache, attention
 from seqmodels.layers.base import Mixer
 from seqmodels.layers.registry import register_mixer
-from seqmodels.layers.rope import apply_rope, rope_cos_sin
-from seqmodels.kernels.attention import KVCache, attention
+from seqmodels.modules.rope import apply_rope, rope_cos_sin
 
 
 @dataclass

@@ -27,9 +27,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from seqmodels.kernels.gla import gla_step
-from seqmodels.layers.gla_base import GLAMixer, run_gla, state_dtype
 from seqmodels.layers.registry import register_mixer
-from seqmodels.norm import RMSNorm
+from seqmodels.modules.gla_base import GLAMixer, run_gla, state_dtype
+from seqmodels.modules.norm import RMSNorm
+from seqmodels.modules.options import check_int_option
 
 
 @dataclass
@@ -37,8 +38,7 @@ class LightNetOptions:
     gate_rank: int = 128  # rank of the output gate x W_g1 W_g2
 
     def __post_init__(self) -> None:
-        if not isinstance(self.gate_rank, int) or isinstance(self.gate_rank, bool) or self.gate_rank < 1:
-            raise ValueError(f"mixer_options.lightnet.gate_rank must be a positive integer, got {self.gate_rank!r}")
+        check_int_option("lightnet", "gate_rank", self.gate_rank)
 
 
 @dataclass

@@ -32,9 +32,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from seqmodels.layers.gla_base import GLAMixer, GLAState, run_gla, step_gla
 from seqmodels.layers.registry import register_mixer
-from seqmodels.norm import RMSNorm
+from seqmodels.modules.gla_base import GLAMixer, GLAState, run_gla, step_gla
+from seqmodels.modules.norm import RMSNorm
 
 DECAY_SCHEDULES = ("official", "paper")
 

@@ -16,7 +16,7 @@ that left the window (values + normalizer column) and a WindowCache ring buffer 
 keys/values — constant in T; a key is folded into S when its ring slot is overwritten.
 Registered as its own mixer `lolcats` (LoLCATs has no gate, no meta logits and a shared normalizer,
 so it is not a switch on Lizard); projections, feature maps and `from_attention` come from
-lizard.HedgehogWindowBase.
+seqmodels/modules/hedgehog_window.py (shared with Lizard).
 """
 from __future__ import annotations
 
@@ -27,11 +27,11 @@ from typing import Optional
 import torch
 from torch import nn
 
-from seqmodels.kernels._validate import check_positive_int
 from seqmodels.kernels.attention import WindowCache
-from seqmodels.layers.lizard import HedgehogWindowBase
-from seqmodels.layers.normalized_gla import state_dtype, zero_state
 from seqmodels.layers.registry import register_mixer
+from seqmodels.modules.hedgehog_window import HedgehogWindowBase
+from seqmodels.modules.normalized_gla import state_dtype, zero_state
+from seqmodels.modules.options import check_int_option
 
 
 @dataclass
@@ -43,9 +43,8 @@ class LolcatsOptions:
     o_bias: bool = False
 
     def __post_init__(self):
-        check_positive_int("window", self.window)
-        if self.feature_dim is not None:
-            check_positive_int("feature_dim", self.feature_dim)
+        check_int_option("lolcats", "window", self.window)
+        check_int_option("lolcats", "feature_dim", self.feature_dim, optional=True)
         f = self.window_factor_init
         if not isinstance(f, (int, float)) or isinstance(f, bool) or not 0 < f < 1:
             raise ValueError(f"window_factor_init must be a number in (0, 1), got {f!r}")

@@ -50,7 +50,8 @@ from seqmodels.kernels.attention import ChunkCache, KVCache, attention
 from seqmodels.kernels.ema import ema, ema_step
 from seqmodels.layers.base import Mixer
 from seqmodels.layers.registry import register_mixer
-from seqmodels.norm import build_norm
+from seqmodels.modules.norm import build_norm
+from seqmodels.modules.options import check_int_option
 
 ATTENTION_FUNCTIONS = ("softmax", "laplace")
 REL_POS_BIASES = ("simple", "rotary")
@@ -151,12 +152,9 @@ class Mega(Mixer):
     @staticmethod
     def check_config(cfg, options) -> None:
         for name in ("ema_dim", "z_dim", "v_dim", "attention_chunk"):
-            value = getattr(options, name)
-            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
-                raise ValueError(f"mixer_options.mega.{name} must be a positive integer (or null), got {value!r}")
+            check_int_option("mega", name, getattr(options, name), optional=True)
         hidden = options.nffn_hidden
-        if hidden is not None and (not isinstance(hidden, int) or isinstance(hidden, bool) or hidden < 0):
-            raise ValueError(f"mixer_options.mega.nffn_hidden must be an integer >= 0 (or null), got {hidden!r}")
+        check_int_option("mega", "nffn_hidden", hidden, minimum=0, optional=True)
         if options.rel_pos_bias not in REL_POS_BIASES:
             raise ValueError(f"mixer_options.mega.rel_pos_bias={options.rel_pos_bias!r} is not one of {list(REL_POS_BIASES)}")
         z_dim = options.z_dim or max(1, cfg.d_model // 2)

@@ -20,6 +20,7 @@ import torch
 from seqmodels.kernels.attention import WindowCache, attention, attention_step
 from seqmodels.layers.attention import AttentionOptions, SoftmaxAttention, attention_backend
 from seqmodels.layers.registry import register_mixer
+from seqmodels.modules.options import check_int_option
 
 
 @dataclass
@@ -27,9 +28,7 @@ class SlidingWindowOptions(AttentionOptions):
     window: int = 64
 
     def __post_init__(self):
-        w = self.window
-        if not isinstance(w, int) or isinstance(w, bool) or w <= 0:
-            raise ValueError(f"mixer_options.sliding_window.window must be a positive integer (tokens seen per query), got {w!r}")
+        check_int_option("sliding_window", "window", self.window)  # tokens seen per query
 
 
 @register_mixer("sliding_window")

@@ -12,7 +12,7 @@ tokens (itself included) plus the Np persistent tokens, which are visible to eve
 (Fig. 3b); the persistent tokens' own outputs are dropped. The attention's projections, rotary
 positions (on the real tokens, positions 0, 1, …; the persistent keys carry no rotation) and GQA
 are the softmax attention mixer's (attn.q_proj/k_proj/v_proj; attn.o_proj is W_O). M is the
-Titans memory branch of titans_memory.py (q/k/v projections, conv, SiLU, ℓ2-norm, data-dependent
+Titans memory branch (seqmodels/modules/neural_memory_branch.py, as in titans_memory.py) (q/k/v projections, conv, SiLU, ℓ2-norm, data-dependent
 θ, η, α, mini-batch b), which also reads the persistent prefix first (x̃ = [p ‖ x]); the same
 persistent tokens feed both branches.
 Decoding state (TitansMAGState): a WindowCache ring buffer of the last `window` keys/values and
@@ -21,27 +21,28 @@ the memory state (conv tail, M, S, M_{t'}, position) — constant in T.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import ClassVar, Optional
 
 import torch
 from torch import nn
 
-from seqmodels.kernels._validate import check_positive_int
 from seqmodels.kernels.attention import WindowCache, attention, attention_step
 from seqmodels.layers.attention import SoftmaxAttention
 from seqmodels.layers.base import Mixer
 from seqmodels.layers.registry import register_mixer
-from seqmodels.layers.titans_memory import NeuralMemoryBranch, TitansMemoryOptions, TitansMemoryState
-from seqmodels.norm import RMSNorm
+from seqmodels.modules.neural_memory_branch import NeuralMemoryBranch, TitansMemoryOptions, TitansMemoryState
+from seqmodels.modules.norm import RMSNorm
+from seqmodels.modules.options import check_int_option
 
 
 @dataclass
 class TitansMAGOptions(TitansMemoryOptions):
+    family: ClassVar[str] = "titans_mag"
     window: int = 64  # sliding-window size of the attention branch (tokens each query sees, itself included)
 
     def __post_init__(self):
         super().__post_init__()
-        check_positive_int("window", self.window)
+        check_int_option(self.family, "window", self.window)
 
 
 @dataclass

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from seqmodels import ModelConfig, SeqLM
-from seqmodels.layers.relit import log1mexp
+from seqmodels.modules.relit_base import log1mexp
 from seqmodels.testing import (
     assert_rel_close,
     build_mixer,

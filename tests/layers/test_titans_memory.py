@@ -116,7 +116,7 @@ def test_presets_load(preset):
 
 @pytest.mark.parametrize("options, message", [
     ({"memory_chunk_size": 0}, "memory_chunk_size must be a positive integer"),
-    ({"conv_size": 9}, "conv_size must be <= 8"),
+    ({"conv_size": 9}, r"mixer_options.titans_memory.conv_size must be an integer in \[1, 8\]"),
     ({"n_persistent": -1}, "n_persistent must be a non-negative integer"),
     ({"max_lr": 0}, "max_lr must be a number > 0"),
     ({"memory": "deep"}, "memory must be one of"),

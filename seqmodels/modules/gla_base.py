@@ -50,6 +50,27 @@ def step_gla(q_t, k_t, v_t, log_decay_k, scale, state: GLAState):
     return o_t, GLAState(kv, state.position + 1)
 
 
+def expanded_head_dims(cfg, options, family: str):
+    """(Dk, Dv) = (expand_k·d / H, expand_v·d / H); ValueError when not integral or when the config's
+    explicit head_dim_k / head_dim_v disagree."""
+    dims = []
+    for which, expand, explicit in (("k", options.expand_k, cfg.head_dim_k), ("v", options.expand_v, cfg.head_dim_v)):
+        width = expand * cfg.d_model
+        if width != int(width) or int(width) % cfg.n_heads or int(width) < cfg.n_heads:
+            raise ValueError(
+                f"{family}: expand_{which}={expand} gives width {width:g} for d_model={cfg.d_model}, which must be a "
+                f"positive integer multiple of n_heads={cfg.n_heads}"
+            )
+        head_dim = int(width) // cfg.n_heads
+        if explicit is not None and explicit != head_dim:
+            raise ValueError(
+                f"{family}: head_dim_{which}={explicit} does not match expand_{which}={expand} "
+                f"(d_model {cfg.d_model} / {cfg.n_heads} heads -> {head_dim}); leave head_dim_{which} unset"
+            )
+        dims.append(head_dim)
+    return tuple(dims)
+
+
 class GLAMixer(Mixer):
     """q_proj, k_proj [d -> H·Dk], v_proj [d -> H·Dv] (no bias) and a GLAState of S [B, H, state_dk, Dv]."""
 
