@@ -15,7 +15,7 @@ from typing import Optional
 
 import torch
 
-from .._validate import check_log_decay, check_int, check_same_device_dtype, check_shape
+from .._validate import check_int, check_log_decay, check_same_device_dtype, check_shape
 from .chunk import gla_chunk
 from .naive import gla_naive
 from .recurrent import gla_recurrent, gla_step

@@ -14,6 +14,7 @@ from typing import Optional, Tuple
 import torch
 
 from .._conv_tail import last_inputs
+from .._dtype import compute_dtype
 
 
 def long_conv_fft(
@@ -21,7 +22,7 @@ def long_conv_fft(
 ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
     """x [B, T, D], kernel [D, L], initial_state [B, L-1, D] -> (y [B, T, D], tail [B, L-1, D] or None)."""
     T, L = x.shape[1], kernel.shape[1]
-    work = torch.float64 if x.dtype == torch.float64 else torch.float32
+    work = compute_dtype(x.dtype)
     full = x if initial_state is None else torch.cat([initial_state, x], dim=1)
     N = full.shape[1]
     n = 1 << max(0, (N + L - 2)).bit_length()  # power of two >= N + L - 1

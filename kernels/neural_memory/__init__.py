@@ -24,7 +24,8 @@ from typing import Optional, Tuple, Union
 
 import torch
 
-from .._validate import check_log_decay, check_int, check_same_device_dtype, check_shape
+from .._dtype import compute_dtype
+from .._validate import check_int, check_log_decay, check_same_device_dtype, check_shape
 from .chunk import neural_memory_chunk
 from .mlp import MLPMemoryState, mlp_memory_loop, mlp_memory_recurrent_step, mlp_memory_sequential
 from .naive import neural_memory_sequential
@@ -64,10 +65,6 @@ def _resolve_state(initial_state, sizes, dtype, device, chunk_size, name="initia
     return NeuralMemoryState(cast(initial_state.memory), cast(initial_state.momentum), cast(initial_state.chunk_start_memory), p)
 
 
-def _work_dtype(x: torch.Tensor) -> torch.dtype:
-    return torch.float64 if x.dtype == torch.float64 else torch.float32
-
-
 def neural_memory(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, theta: torch.Tensor, log_eta: torch.Tensor,
     log_retain: torch.Tensor, chunk_size: int = 16,
@@ -77,7 +74,7 @@ def neural_memory(
     """Titans memory over a sequence; see the module docstring. Returns (y [B, T, H, Dv], state or None)."""
     sizes: dict = {}
     _check_seq(q, k, v, theta, log_eta, log_retain, chunk_size, sizes)
-    state = _resolve_state(initial_state, sizes, _work_dtype(q), q.device, chunk_size)
+    state = _resolve_state(initial_state, sizes, compute_dtype(q.dtype), q.device, chunk_size)
     forms = {"naive": neural_memory_sequential, "torch": neural_memory_chunk}
     return _run(forms, backend, (q, k, v, theta, log_eta, log_retain, chunk_size, state), output_final_state)
 
@@ -98,7 +95,7 @@ def neural_memory_step(
     """One decoding step: q_t, k_t [B, H, Dk], v_t [B, H, Dv], gates [B, H] -> (y_t [B, H, Dv], new state)."""
     sizes: dict = {}
     _check_step(q_t, k_t, v_t, theta_t, log_eta_t, log_retain_t, chunk_size, sizes)
-    state = _resolve_state(state, sizes, _work_dtype(q_t), q_t.device, chunk_size, "state")
+    state = _resolve_state(state, sizes, compute_dtype(q_t.dtype), q_t.device, chunk_size, "state")
     return neural_memory_recurrent_step(q_t, k_t, v_t, theta_t, log_eta_t, log_retain_t, chunk_size, state)
 
 
@@ -140,7 +137,7 @@ def mlp_memory(
     W2 [B, H, Dh, Dv]). backend: "naive" (autograd gradients) | "torch" / "auto" (torch.func step)."""
     sizes: dict = {}
     _check_seq(q, k, v, theta, log_eta, log_retain, chunk_size, sizes)
-    state = _resolve_mlp_state(initial_state, sizes, _work_dtype(q), q.device, chunk_size, "initial_state")
+    state = _resolve_mlp_state(initial_state, sizes, compute_dtype(q.dtype), q.device, chunk_size, "initial_state")
     forms = {"naive": mlp_memory_sequential, "torch": mlp_memory_loop}
     return _run(forms, backend, (q, k, v, theta, log_eta, log_retain, chunk_size, state), output_final_state)
 
@@ -152,7 +149,7 @@ def mlp_memory_step(
     """One decoding step of the MLP memory: q_t, k_t [B, H, Dk], v_t [B, H, Dv], gates [B, H]."""
     sizes: dict = {}
     _check_step(q_t, k_t, v_t, theta_t, log_eta_t, log_retain_t, chunk_size, sizes)
-    state = _resolve_mlp_state(state, sizes, _work_dtype(q_t), q_t.device, chunk_size, "state")
+    state = _resolve_mlp_state(state, sizes, compute_dtype(q_t.dtype), q_t.device, chunk_size, "state")
     return mlp_memory_recurrent_step(q_t, k_t, v_t, theta_t, log_eta_t, log_retain_t, chunk_size, state)
 
 

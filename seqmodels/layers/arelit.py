@@ -27,9 +27,9 @@ from typing import ClassVar
 
 import torch
 
+from seqmodels.kernels._dtype import compute_dtype
 from seqmodels.kernels.gla import gla, gla_step
 from seqmodels.layers.registry import register_mixer
-from seqmodels.modules.normalized_gla import state_dtype
 from seqmodels.modules.options import check_int_option
 from seqmodels.modules.relit_base import ReLiTBase, ReLiTOptions
 
@@ -85,7 +85,7 @@ class AReLiT(ReLiTBase):
         return numerator / (2 * r * a_out[..., r:] + self.options.eps)
 
     def init_state(self, batch_size, device=None, dtype=None) -> ArelitState:
-        sd = state_dtype(dtype or torch.float32)
+        sd = compute_dtype(dtype or torch.float32)
         H = self.n_heads
         return ArelitState(
             torch.zeros(batch_size, H, self.feature_dim, self.r + 1, device=device, dtype=sd),

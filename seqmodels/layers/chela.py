@@ -46,6 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from seqmodels.kernels._dtype import compute_dtype
 from seqmodels.kernels.gla import gla, gla_step
 from seqmodels.kernels.long_conv import long_conv, long_conv_step
 from seqmodels.kernels.short_conv import MAX_KERNEL_SIZE, short_conv, short_conv_step
@@ -139,9 +140,6 @@ class Chela(Mixer):
             nn.init.zeros_(self.qk_offset)
 
     # ------------------------------------------------------------ pieces
-    def _work_dtype(self, dtype):
-        return torch.float64 if dtype == torch.float64 else torch.float32
-
     def decayed_long_kernel(self) -> torch.Tensor:
         """W ⊙ exp(−l · e^ρ) [d, L_k] (the long branch alone, before folding)."""
         lags = torch.arange(self.long_len, device=self.long_weight.device, dtype=self.long_weight.dtype)
@@ -193,7 +191,7 @@ class Chela(Mixer):
         return ChelaState(
             torch.zeros(batch_size, self.options.short_kernel - 1, d, device=device, dtype=dtype),
             torch.zeros(batch_size, self.long_len - 1, d, device=device, dtype=dtype),
-            torch.zeros(batch_size, self.n_heads, self.dk, dv, device=device, dtype=self._work_dtype(dtype)),
+            torch.zeros(batch_size, self.n_heads, self.dk, dv, device=device, dtype=compute_dtype(dtype)),
         )
 
     def forward(self, x, state: Optional[ChelaState] = None, return_state: bool = False):

@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from seqmodels.kernels._dtype import compute_dtype
 from seqmodels.kernels.attention import WindowCache, attention, attention_step
 from seqmodels.layers.registry import register_mixer
 from seqmodels.modules.hedgehog_window import HedgehogWindowBase
@@ -152,7 +153,7 @@ def folded_global(phi_q, phi_k, v, log_gate, initial_state, block: int):
     initial_state None | [B,H,2F,Dv+1] -> (ŷ_g [B,T,H,Dv], final state [B,H,2F,Dv+1]). Query blocks of
     `block` rows, each one masked matmul over all keys up to its end with the gate folded into the features."""
     B, T, H, F2 = phi_q.shape
-    work = torch.float64 if phi_q.dtype == torch.float64 else torch.float32
+    work = compute_dtype(phi_q.dtype)
     phi_q, phi_k, log_gate = phi_q.to(work), phi_k.to(work), log_gate.to(work)
     v1 = torch.cat([v, v.new_ones(*v.shape[:-1], 1)], dim=-1).to(work)  # [B, T, H, Dv+1]
     c = log_gate.cumsum(dim=1)  # c_i = Σ_{l<=i} log Γ_l  [B, T, H]

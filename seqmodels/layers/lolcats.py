@@ -27,10 +27,11 @@ from typing import Optional
 import torch
 from torch import nn
 
+from seqmodels.kernels._dtype import compute_dtype
 from seqmodels.kernels.attention import WindowCache
 from seqmodels.layers.registry import register_mixer
 from seqmodels.modules.hedgehog_window import HedgehogWindowBase
-from seqmodels.modules.normalized_gla import state_dtype, zero_state
+from seqmodels.modules.normalized_gla import zero_state
 from seqmodels.modules.options import check_int_option
 
 
@@ -127,7 +128,7 @@ class LolcatsAttention(HedgehogWindowBase):
             return y, None
         leaving = (pos_k[0] <= offset + T - 1 - w).to(phi_k.dtype)  # keys out of the window after the last token
         S = torch.einsum("bshf,bshd->bhfd", phi_k * leaving[None, :, None, None], v1)
-        S = S.to(state_dtype(x.dtype))
+        S = S.to(compute_dtype(x.dtype))
         if S0 is not None:
             S = S + S0
         return y, LolcatsState(S, WindowCache.from_prefill(k, v, w, k_offset=first))

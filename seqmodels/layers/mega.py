@@ -46,6 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from seqmodels.kernels._dtype import compute_dtype
 from seqmodels.kernels.attention import ChunkCache, KVCache, attention
 from seqmodels.kernels.ema import ema, ema_step
 from seqmodels.layers.base import Mixer
@@ -185,9 +186,6 @@ class Mega(Mixer):
                     nn.init.normal_(getattr(self, name), 0.0, 0.02)
 
     # ------------------------------------------------------------ pieces
-    def _work_dtype(self, dtype):
-        return torch.float64 if dtype == torch.float64 else torch.float32
-
     def _ema_params(self, work):
         """(p, log q, β, γ) [d, h] in the work dtype; log q = log1p(−p a) <= 0."""
         p = torch.sigmoid(self.ema_delta.to(work))
@@ -257,7 +255,7 @@ class Mega(Mixer):
 
     # ----------------------------------------------------------- contract
     def init_state(self, batch_size, device=None, dtype=None) -> MegaState:
-        work = self._work_dtype(dtype)
+        work = compute_dtype(dtype)
         h = torch.zeros(batch_size, self.cfg.d_model, self.options.ema_dim, device=device, dtype=work)
         slots = self.chunk or 0
         k = torch.zeros(batch_size, slots, 1, self.z_dim, device=device, dtype=dtype)
@@ -270,7 +268,7 @@ class Mega(Mixer):
         self._check_positions(seen + time)
         x_norm = self.norm(x)
         value = F.silu(self.v_proj(x_norm))
-        work = self._work_dtype(x.dtype)
+        work = compute_dtype(x.dtype)
         ema_y, h = ema(x_norm.to(work), *self._ema_params(work), initial_state=None if state is None else state.ema,
                        output_final_state=return_state, chunk_size=self.cfg.chunk_size, backend=self.ema_backend)
         u, q, k, r, h_hat = self._gates(x_norm, ema_y)
@@ -309,7 +307,7 @@ class Mega(Mixer):
         self._check_positions(seen)
         x_norm = self.norm(x_t)
         value = F.silu(self.v_proj(x_norm))
-        work = self._work_dtype(x_t.dtype)
+        work = compute_dtype(x_t.dtype)
         ema_y, h = ema_step(x_norm.to(work), *self._ema_params(work), state=state.ema)
         u, q, k, r, h_hat = self._gates(x_norm, ema_y)
         cache = _copy_cache(state.attn)  # the caller's state stays valid (e.g. to branch decoding)

@@ -15,13 +15,9 @@ from typing import Optional
 import torch
 from torch import nn
 
+from seqmodels.kernels._dtype import compute_dtype
 from seqmodels.kernels.gla import gla, gla_step
 from seqmodels.layers.base import Mixer
-
-
-def state_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The kernel keeps states in float32 (float64 for float64 models)."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 @dataclass
@@ -95,5 +91,5 @@ class GLAMixer(Mixer):
         return t.view(t.shape[:-1] + (self.n_heads, dim))
 
     def init_state(self, batch_size, device=None, dtype=None) -> GLAState:
-        dtype = state_dtype(dtype or torch.float32)
+        dtype = compute_dtype(dtype or torch.float32)
         return GLAState(torch.zeros(batch_size, self.n_heads, self.state_dk, self.dv, device=device, dtype=dtype), 0)

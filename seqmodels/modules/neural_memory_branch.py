@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from seqmodels.kernels._dtype import compute_dtype
 from seqmodels.kernels.neural_memory import (
     MLPMemoryState,
     NeuralMemoryState,
@@ -129,7 +130,7 @@ class NeuralMemoryBranch(nn.Module):
         dtype = dtype or self.conv_weight.dtype
         device = device or self.conv_weight.device
         tail = torch.zeros(batch_size, self.options.conv_size - 1, self.conv_weight.shape[0], device=device, dtype=dtype)
-        work = torch.float64 if dtype == torch.float64 else torch.float32
+        work = compute_dtype(dtype)
         if self.options.memory == "mlp":
             weights = tuple(w.to(device, work).unsqueeze(0).expand(batch_size, *w.shape) for w in (self.mlp_w1, self.mlp_w2))
             memory = MLPMemoryState.from_weights(weights)
