@@ -11,7 +11,7 @@ Mini-batch semantics (Eqs. 16-18): every gradient of a mini-batch of b = chunk_s
 absolute positions multiple of b) is taken at the mini-batch-start weights; momentum and
 forgetting stay per token. b = 1 is the token-by-token rule. b is part of the model.
 Backends: "naive" (token loop, autograd gradients) | "torch" / "auto" (chunked matmuls).
-neural_memory_step(...) is the decoding step; NeuralMemoryState holds (M, S, M_{t'}, position).
+neural_memory_step(...) is the decoding step; NeuralMemoryState holds (M, S, M_{t'}, seen_in_chunk).
 mlp_memory / mlp_memory_step: the same rule with a 2-layer MLP memory SiLU(k W1) W2 (mlp.py): token
 loop only (torch.func gradients; backend "naive" = autograd reference), initial weights required.
 initial_state: a NeuralMemoryState, or a memory tensor M_0 [B, H, Dk, Dv] (zero momentum).
@@ -58,9 +58,8 @@ def _resolve_state(initial_state, sizes, dtype, device, chunk_size, name="initia
         check_shape(f"{name}.{field}", t, ("B", "H", "Dk", "Dv"), sizes)
         if t.device != device or not t.is_floating_point():
             raise ValueError(f"{name}.{field} must be a floating tensor on {device}, got {t.dtype} on {t.device}")
-    p = initial_state.position
-    if not isinstance(p, int) or not 0 <= p < chunk_size:
-        raise ValueError(f"{name}.position must be an integer in [0, chunk_size={chunk_size}), got {p!r}")
+    p = initial_state.seen_in_chunk
+    check_int(f"{name}.seen_in_chunk (tokens of the current mini-batch of chunk_size={chunk_size})", p, 0, chunk_size - 1)
     cast = lambda t: t.to(dtype)  # noqa: E731
     return NeuralMemoryState(cast(initial_state.memory), cast(initial_state.momentum), cast(initial_state.chunk_start_memory), p)
 
@@ -122,10 +121,9 @@ def _resolve_mlp_state(state, sizes, dtype, device, chunk_size, name) -> MLPMemo
         for i, w in enumerate(weights):
             if w.device != device or not w.is_floating_point():
                 raise ValueError(f"{name}.{field}[{i}] must be a floating tensor on {device}, got {w.dtype} on {w.device}")
-    if not isinstance(state.position, int) or not 0 <= state.position < chunk_size:
-        raise ValueError(f"{name}.position must be an integer in [0, chunk_size={chunk_size}), got {state.position!r}")
+    check_int(f"{name}.seen_in_chunk (tokens of the current mini-batch of chunk_size={chunk_size})", state.seen_in_chunk, 0, chunk_size - 1)
     cast = lambda ws: tuple(w.to(dtype) for w in ws)  # noqa: E731
-    return MLPMemoryState(cast(state.memory), cast(state.momentum), cast(state.chunk_start_memory), state.position)
+    return MLPMemoryState(cast(state.memory), cast(state.momentum), cast(state.chunk_start_memory), state.seen_in_chunk)
 
 
 def mlp_memory(

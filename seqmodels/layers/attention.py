@@ -70,7 +70,7 @@ class SoftmaxAttention(Mixer):
 
     def forward(self, x, state: KVCache | None = None, return_state: bool = False):
         batch, time, _ = x.shape
-        offset = state.length if state is not None else 0
+        offset = state.seen_tokens if state is not None else 0
         q, k, v = self.project(x, offset)
         if state is not None:
             state = state.append(k, v)

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from seqmodels.layers.registry import register_mixer
-from seqmodels.modules.gla_base import GLAMixer, GLAState, expanded_head_dims, run_gla, step_gla
+from seqmodels.modules.gla_base import GLAMixer, GLAState, expanded_head_dims, gla_layer, gla_layer_step
 from seqmodels.modules.norm import RMSNorm
 from seqmodels.modules.options import check_int_option
 
@@ -76,11 +76,11 @@ class GatedLinearAttention(GLAMixer):
 
     def forward(self, x, state: GLAState | None = None, return_state: bool = False):
         q, k, v, log_decay = self.project(x)
-        o, kv = run_gla(self.cfg, q, k, v, log_decay, self.scale, None if state is None else state.kv, return_state)
-        new_state = GLAState(kv, (0 if state is None else state.position) + x.shape[1]) if return_state else None
+        o, kv = gla_layer(self.cfg, q, k, v, log_decay, self.scale, None if state is None else state.kv, return_state)
+        new_state = GLAState(kv, (0 if state is None else state.seen_tokens) + x.shape[1]) if return_state else None
         return self.output(o, x), new_state
 
     def step(self, x_t, state: GLAState):
         q, k, v, log_decay = self.project(x_t)
-        o_t, state = step_gla(q, k, v, log_decay, self.scale, state)
+        o_t, state = gla_layer_step(q, k, v, log_decay, self.scale, state)
         return self.output(o_t, x_t), state

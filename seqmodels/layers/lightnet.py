@@ -29,7 +29,7 @@ from torch import nn
 from seqmodels.kernels._dtype import compute_dtype
 from seqmodels.kernels.gla import gla_step
 from seqmodels.layers.registry import register_mixer
-from seqmodels.modules.gla_base import GLAMixer, run_gla
+from seqmodels.modules.gla_base import GLAMixer, gla_layer
 from seqmodels.modules.norm import RMSNorm
 from seqmodels.modules.options import check_int_option
 
@@ -99,7 +99,7 @@ class LightNetAttention(GLAMixer):
         z0 = None if state is None else state.log_normalizer
         compute = compute_dtype(x.dtype)
         k_tilde, log_decay, z_last = additive_gates(k.to(compute), None if z0 is None else z0.to(compute))
-        o, kv = run_gla(self.cfg, q, k_tilde.to(x.dtype), v, log_decay.to(x.dtype), self.scale,
+        o, kv = gla_layer(self.cfg, q, k_tilde.to(x.dtype), v, log_decay.to(x.dtype), self.scale,
                         None if state is None else state.kv, return_state)
         new_state = LightNetState(kv, z_last) if return_state else None
         return self.output(o, x), new_state

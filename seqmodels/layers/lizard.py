@@ -124,7 +124,7 @@ class LizardAttention(HedgehogWindowBase):
                                          backend=self.cfg.kernel_backend)
         if not self.linear_branch_enabled:
             y_global = torch.zeros_like(y_global)
-        offset, first = (state.window.seen, 0) if state is not None else (0, 0)
+        offset, first = (state.window.seen_tokens, 0) if state is not None else (0, 0)
         if state is not None and offset > 0:  # cached keys/values of positions first..offset-1
             k_past, v_past, first = state.window.ordered()
             k, v = torch.cat([k_past, k], dim=1), torch.cat([v_past, v], dim=1)
@@ -142,7 +142,7 @@ class LizardAttention(HedgehogWindowBase):
         y_global, S = normalized_gla_step(phi_q, phi_k, v_h, state.global_state, EPS, log_decay_k=log_gate)
         if not self.linear_branch_enabled:
             y_global = torch.zeros_like(y_global)
-        cache = WindowCache(state.window.key.clone(), state.window.value.clone(), state.window.seen)
+        cache = WindowCache(state.window.key.clone(), state.window.value.clone(), state.window.seen_tokens)
         y_local, cache = attention_step(q, k, v, cache, sink_logits=self._sinks())
         y = self.o_proj((y_global.to(x_t.dtype) + self.alpha[:, None] * y_local).reshape(x_t.shape[0], -1))
         return y, LizardState(S, cache)

@@ -108,7 +108,7 @@ class LolcatsAttention(HedgehogWindowBase):
         B, T, _ = x.shape
         w = self.options.window
         q, k, v = self.project(x)
-        offset, first = (state.window.seen, 0) if state is not None else (0, 0)
+        offset, first = (state.window.seen_tokens, 0) if state is not None else (0, 0)
         if state is not None and offset > 0:  # cached keys/values of positions first..offset-1
             k_past, v_past, first = state.window.ordered()
             k, v = torch.cat([k_past, k], dim=1), torch.cat([v_past, v], dim=1)
@@ -138,9 +138,9 @@ class LolcatsAttention(HedgehogWindowBase):
         w = self.options.window
         q, k, v = (t[:, 0] for t in self.project(x_t[:, None]))
         S = state.linear_state
-        cache = WindowCache(state.window.key.clone(), state.window.value.clone(), state.window.seen)
-        if cache.seen >= w:  # the key at position seen - w leaves the window: fold it into S
-            slot = (cache.seen - w) % w
+        cache = WindowCache(state.window.key.clone(), state.window.value.clone(), state.window.seen_tokens)
+        if cache.seen_tokens >= w:  # the key at position seen_tokens - w leaves the window: fold it into S
+            slot = (cache.seen_tokens - w) % w
             k_old, v_old = cache.key[:, slot], self.expand_kv(cache.value[:, slot])
             _, phi_old = self._features(q, k_old)
             v1_old = torch.cat([v_old, v_old.new_ones(B, self.n_heads, 1)], dim=-1)

@@ -77,15 +77,15 @@ class MegaState:
     attn: Union[ChunkCache, KVCache]  # key [B, L, 1, z_dim], value [B, L, 1, v_dim]
 
     @property
-    def seen(self) -> int:
-        """Tokens consumed so far."""
-        return self.attn.seen if isinstance(self.attn, ChunkCache) else self.attn.length
+    def seen_tokens(self) -> int:
+        """Tokens consumed so far (both caches count them)."""
+        return self.attn.seen_tokens
 
 
 def _copy_cache(cache):
     """A cache that appends without touching `cache` (ChunkCache writes its slots in place)."""
     if isinstance(cache, ChunkCache):
-        return ChunkCache(cache.key.clone(), cache.value.clone(), cache.seen)
+        return ChunkCache(cache.key.clone(), cache.value.clone(), cache.seen_tokens)
     return cache  # KVCache.append returns a new cache
 
 
@@ -239,11 +239,11 @@ class Mega(Mixer):
         weights = laplace(q @ k.transpose(1, 2) / visible_keys + bias) * (lag >= 0)
         return weights @ v
 
-    def _step_attend(self, q_t, cache, seen: int):
-        """q_t [B, z] at position seen - 1 over the cache's valid slots (its key already appended) -> [B, v]."""
+    def _step_attend(self, q_t, cache, seen_tokens: int):
+        """q_t [B, z] at position seen_tokens - 1 over the cache's valid slots (its key already appended) -> [B, v]."""
         positions = cache.positions()  # [L], -1 = empty slot
         valid = positions >= 0
-        lag = (seen - 1) - positions
+        lag = (seen_tokens - 1) - positions
         span = int(lag[valid].max()) + 1  # < c in Mega-chunk
         bias = self._bias_by_offset(span, q_t.dtype)[lag.clamp(0, span - 1)]
         scores = torch.einsum("bz,blz->bl", q_t, cache.key[:, :, 0])
@@ -264,8 +264,8 @@ class Mega(Mixer):
 
     def forward(self, x, state: Optional[MegaState] = None, return_state: bool = False):
         batch, time, _ = x.shape
-        seen = 0 if state is None else state.seen
-        self._check_positions(seen + time)
+        seen_tokens = 0 if state is None else state.seen_tokens
+        self._check_positions(seen_tokens + time)
         x_norm = self.norm(x)
         value = F.silu(self.v_proj(x_norm))
         work = compute_dtype(x.dtype)
@@ -274,7 +274,7 @@ class Mega(Mixer):
         u, q, k, r, h_hat = self._gates(x_norm, ema_y)
 
         # keys/values of the current (partial) chunk, or all past keys in full attention
-        carried = 0 if state is None else (seen % self.chunk if self.chunk else seen)
+        carried = 0 if state is None else (seen_tokens % self.chunk if self.chunk else seen_tokens)
         if carried:
             k_prev, v_prev, _ = state.attn.ordered()
             k = torch.cat([k_prev[:, -carried:, 0], k], 1)
@@ -294,7 +294,7 @@ class Mega(Mixer):
         y = self._output(x, u, r, attn_out, h_hat)
         if not return_state:
             return y, None
-        first = seen - carried  # absolute position of k[:, 0]
+        first = seen_tokens - carried  # absolute position of k[:, 0]
         k_cache, v_cache = k[:, :, None], value[:, :, None]
         if self.chunk:
             cache = ChunkCache.from_prefill(k_cache, v_cache, self.chunk, k_offset=first)
@@ -303,8 +303,8 @@ class Mega(Mixer):
         return y, MegaState(h, cache)
 
     def step(self, x_t, state: MegaState):
-        seen = state.seen + 1
-        self._check_positions(seen)
+        seen_tokens = state.seen_tokens + 1
+        self._check_positions(seen_tokens)
         x_norm = self.norm(x_t)
         value = F.silu(self.v_proj(x_norm))
         work = compute_dtype(x_t.dtype)
@@ -312,5 +312,5 @@ class Mega(Mixer):
         u, q, k, r, h_hat = self._gates(x_norm, ema_y)
         cache = _copy_cache(state.attn)  # the caller's state stays valid (e.g. to branch decoding)
         cache = cache.append(k[:, None, None], value[:, None, None])
-        attn_out = self._step_attend(q, cache, seen)
+        attn_out = self._step_attend(q, cache, seen_tokens)
         return self._output(x_t, u, r, attn_out, h_hat), MegaState(h, cache)

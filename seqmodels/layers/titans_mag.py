@@ -16,7 +16,7 @@ Titans memory branch (seqmodels/modules/neural_memory_branch.py, as in titans_me
 θ, η, α, mini-batch b), which also reads the persistent prefix first (x̃ = [p ‖ x]); the same
 persistent tokens feed both branches.
 Decoding state (TitansMAGState): a WindowCache ring buffer of the last `window` keys/values and
-the memory state (conv tail, M, S, M_{t'}, position) — constant in T.
+the memory state (conv tail, M, S, M_{t'}, seen_in_chunk) — constant in T.
 """
 from __future__ import annotations
 
@@ -96,7 +96,7 @@ class TitansMAG(Mixer):
 
     def forward(self, x, state: Optional[TitansMAGState] = None, return_state: bool = False):
         read, memory = self.memory.run(x, None if state is None else state.memory)
-        offset = state.window.seen if state is not None else 0
+        offset = state.window.seen_tokens if state is not None else 0
         q, k, v = self.attn.project(x, offset)
         first = 0
         if state is not None and offset > 0:  # the cached keys/values of positions first..offset-1
@@ -112,8 +112,8 @@ class TitansMAG(Mixer):
 
     def step(self, x_t, state: TitansMAGState):
         read, memory = self.memory.step(x_t, state.memory)
-        q, k, v = self.attn.project(x_t[:, None], state.window.seen)
-        cache = WindowCache(state.window.key.clone(), state.window.value.clone(), state.window.seen)
+        q, k, v = self.attn.project(x_t[:, None], state.window.seen_tokens)
+        cache = WindowCache(state.window.key.clone(), state.window.value.clone(), state.window.seen_tokens)
         prefix_k, prefix_v = self._prefix(x_t.dtype)
         out, cache = attention_step(q[:, 0], k[:, 0], v[:, 0], cache, prefix_k=prefix_k, prefix_v=prefix_v)
         return self._combine(out, read), TitansMAGState(cache, memory)

@@ -26,7 +26,7 @@ Memory: "matrix" M(k) = k M, M_0 = 0 (the op's chunked matmul form), or "mlp" M(
 with learned initial weights (W1, W2) (the paper's preferred deep memory; the op runs it as a token
 loop, so it is slow: for small models and probes).
 Decoding state (TitansMemoryState): the conv tail [B, K-1, channels] and the memory state
-(M, S, M_{t'}, position) — constant in T.
+(M, S, M_{t'}, seen_in_chunk) — constant in T.
 """
 from __future__ import annotations
 

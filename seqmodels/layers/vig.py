@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from seqmodels.layers.registry import register_mixer
-from seqmodels.modules.gla_base import GLAMixer, expanded_head_dims, run_gla
+from seqmodels.modules.gla_base import GLAMixer, expanded_head_dims, gla_layer
 from seqmodels.modules.norm import RMSNorm
 from seqmodels.modules.options import check_int_option
 
@@ -123,6 +123,6 @@ class BidirectionalGLA(GLAMixer):
             raise ValueError("vig is bidirectional: it has no recurrent state (use head: classify)")
         local = self.locality(x)
         q, k, v, forward_gate, backward_gate = self.project(local)
-        o_forward, _ = run_gla(self.cfg, q, k, v, forward_gate, self.scale, None, False)
-        o_backward, _ = run_gla(self.cfg, q, k, v, backward_gate, self.scale, None, False, reverse=True)
+        o_forward, _ = gla_layer(self.cfg, q, k, v, forward_gate, self.scale, None, False)
+        o_backward, _ = gla_layer(self.cfg, q, k, v, backward_gate, self.scale, None, False, reverse=True)
         return self.output((o_forward + o_backward) / 2, local), None

@@ -4,8 +4,8 @@ LightNet, ViG.
 `GLAMixer` holds the bias-free q, k, v projections split into heads (`head_dims()` gives Dk, Dv;
 the config's by default) and the decoding state `GLAState`: one matrix S [B, H, Dk, Dv] per
 head plus the number of tokens consumed (the rotary / LRPE offset of the next token).
-`run_gla` is the chunked (or naive, per `cfg.kernel_backend`) training form continuing from S;
-`step_gla` is the one-token recurrent form on a GLAState.
+`gla_layer` is the chunked (or naive, per `cfg.kernel_backend`) training form continuing from S;
+`gla_layer_step` is the one-token recurrent form on a GLAState.
 """
 from __future__ import annotations
 
@@ -22,13 +22,13 @@ from seqmodels.layers.base import Mixer
 
 @dataclass
 class GLAState:
-    """kv: S [B, H, Dk, Dv] (float32/float64); position: tokens consumed so far."""
+    """kv: S [B, H, Dk, Dv] (float32/float64); seen_tokens: tokens consumed so far."""
 
     kv: torch.Tensor
-    position: int = 0
+    seen_tokens: int = 0
 
 
-def run_gla(cfg, q, k, v, log_decay_k, scale, initial_kv: Optional[torch.Tensor], return_state: bool, reverse: bool = False):
+def gla_layer(cfg, q, k, v, log_decay_k, scale, initial_kv: Optional[torch.Tensor], return_state: bool, reverse: bool = False):
     """gla over [B, T, H, D] inputs from `initial_kv` (None = zeros) with the config's backend and chunk size.
 
     Returns (o [B, T, H, Dv], final S [B, H, Dk, Dv] | None unless return_state).
@@ -40,10 +40,10 @@ def run_gla(cfg, q, k, v, log_decay_k, scale, initial_kv: Optional[torch.Tensor]
     )
 
 
-def step_gla(q_t, k_t, v_t, log_decay_k, scale, state: GLAState):
+def gla_layer_step(q_t, k_t, v_t, log_decay_k, scale, state: GLAState):
     """One token: q_t, k_t [B, H, Dk], v_t [B, H, Dv], log_decay_k None | [B, H] | [B, H, Dk]."""
     o_t, kv = gla_step(q_t, k_t, v_t, log_decay_k=log_decay_k, state=state.kv, scale=scale)
-    return o_t, GLAState(kv, state.position + 1)
+    return o_t, GLAState(kv, state.seen_tokens + 1)
 
 
 def expanded_head_dims(cfg, options, family: str):

@@ -1,7 +1,7 @@
 """Titans memory as a layer (LMM, arXiv 2501.00663 §3, §4.4; DESIGN §5.8) and MAL (Eqs. 29-31, the hybrid
 [titans_memory, sliding_window]): the five mixer invariants (naive backend = the sequential token loop with
 gradients at the mini-batch-start weights, torch backend = the chunked mini-batch form, step = the recurrent
-(M, S, M_t', position) step), the layer's memory read against the update rule written out here (b = 1: the
+(M, S, M_t', seen_in_chunk) step), the layer's memory read against the update rule written out here (b = 1: the
 token rule; b = 5: gradients at the chunk start, persistent tokens included), a SeqLM that learns, greedy
 generate, presets, config errors. float64, tolerance 1e-10."""
 import pytest
@@ -76,7 +76,7 @@ def test_persistent_tokens_are_the_initial_state():
     x = torch.randn(2, 9, 36, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
     with torch.no_grad():
         state = mixer.init_state(2, None, torch.float64)
-        assert state.memory.position == 3 and state.memory.memory.abs().max() > 0
+        assert state.memory.seen_in_chunk == 3 and state.memory.memory.abs().max() > 0
         assert_rel_close(mixer(x, state=state)[0], mixer(x)[0], TOL64, "forward vs forward from init_state")
         empty = mixer.memory.empty_state(2, None, torch.float64)
         assert rel_err(mixer(x, state=empty)[0], mixer(x)[0]) > 1e-3
