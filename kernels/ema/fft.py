@@ -12,7 +12,7 @@ from typing import Optional, Tuple
 import torch
 
 from .._dtype import compute_dtype
-from ..long_conv.fft import long_conv_fft
+from ..long_conv.chunk import long_conv_fft
 
 
 def ema_fft(

@@ -1,4 +1,5 @@
-"""Training / prefill form of the causal long convolution: FFT with zero padding so nothing wraps.
+"""Training / prefill form of the causal long convolution (any chunk of a sequence, continued from the
+previous chunk's tail): FFT with zero padding so nothing wraps.
 
 With the cached tail prepended (N = L-1+T inputs), the FFT length n >= N + L - 1 (next power of
 two) makes the circular convolution equal the linear one on the outputs we keep (for T = L and no
