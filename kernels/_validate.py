@@ -65,6 +65,12 @@ def check_log_decay(name: str, log_decay: Optional[torch.Tensor]) -> None:
         )
 
 
-def check_positive_int(name: str, value) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+def check_int(name: str, value, minimum: int = 1, maximum: Optional[int] = None) -> None:
+    """`value` is an int (not a bool) in [minimum, maximum]; the one integer check of the package."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= minimum and (maximum is None or value <= maximum):
+        return
+    if maximum is not None:
+        wanted = f"an integer in [{minimum}, {maximum}]"
+    else:
+        wanted = {1: "a positive integer", 0: "a non-negative integer"}.get(minimum, f"an integer >= {minimum}")
+    raise ValueError(f"{name} must be {wanted}, got {value!r}")

@@ -8,8 +8,8 @@ from __future__ import annotations
 from torch import nn
 
 from seqmodels.layers.registry import get_mixer
-from seqmodels.mlp import build_mlp
-from seqmodels.norm import build_norm
+from seqmodels.modules.mlp import build_mlp
+from seqmodels.modules.norm import build_norm
 
 
 class Block(nn.Module):

@@ -17,6 +17,8 @@ from typing import Any, Optional
 
 import yaml
 
+from seqmodels.kernels._validate import check_int
+
 MLP_CHOICES = ("swiglu", "sglu", "gelu", "none")
 NORM_CHOICES = ("rmsnorm", "layernorm")
 HEAD_CHOICES = ("lm", "classify")
@@ -105,16 +107,11 @@ class ModelConfig:
 
     # -------------------------------------------------------------- validation
     def validate(self) -> None:
-        def positive(name):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-
         for name in ("vocab_size", "d_model", "n_layers", "n_heads", "max_seq_len", "chunk_size", "mlp_multiple_of"):
-            positive(name)
+            check_int(name, getattr(self, name))
         for name in ("n_kv_heads", "head_dim_k", "head_dim_v", "mlp_hidden_dim"):
             if getattr(self, name) is not None:
-                positive(name)
+                check_int(name, getattr(self, name))
         if (self.head_dim_k is None or self.head_dim_v is None) and self.d_model % self.n_heads:
             raise ValueError(
                 f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}; choose n_heads among "

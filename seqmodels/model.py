@@ -22,7 +22,7 @@ from torch import nn
 
 from seqmodels.block import Block
 from seqmodels.config import ModelConfig
-from seqmodels.norm import build_norm
+from seqmodels.modules.norm import build_norm
 from seqmodels.state import ModelState
 
 

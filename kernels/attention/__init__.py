@@ -12,7 +12,7 @@ prefix_k/prefix_v [B, P, Hkv, *] (or [P, Hkv, *], broadcast over batch): always-
 (Titans persistent memory, Eq. 19). sink_logits [H, m]: value-less logits added to the softmax
 denominator (Lizard meta-memory). bias: additive, broadcastable to [B, H, T, S] (Mega's relative
 position bias). backend: "naive" (explicit softmax, the oracle) | "torch" (SDPA, full T x S mask) |
-"local" (SDPA over blocks, O(T·window) / O(T·chunk): causal self-attention without bias) | "auto"
+"local" (chunk.py: SDPA over blocks, O(T·window) / O(T·chunk): causal self-attention without bias) | "auto"
 (local where it applies and T > 2 blocks, else torch).
 Decoding: attention_step with KVCache / WindowCache / ChunkCache (recurrent.py).
 """
@@ -22,9 +22,9 @@ from typing import Optional, Tuple, Union
 
 import torch
 
-from .._validate import check_positive_int, check_same_device_dtype, check_shape
+from .._validate import check_int, check_same_device_dtype, check_shape
+from .chunk import attention_local
 from .extras import Extras
-from .local import attention_local
 from .naive import attention_naive, visible_mask
 from .recurrent import ChunkCache, KVCache, WindowCache, attention_recurrent_step
 from .sdpa import attention_sdpa, attention_sdpa_causal
@@ -94,9 +94,9 @@ def attention(
     B, T, H, D = q.shape
     S = k.shape[1]
     if window is not None:
-        check_positive_int("window", window)
+        check_int("window", window)
     if chunk_size is not None:
-        check_positive_int("chunk_size", chunk_size)
+        check_int("chunk_size", chunk_size)
     if not isinstance(k_offset, int) or k_offset < 0:
         raise ValueError(f"k_offset must be a non-negative integer, got {k_offset!r}")
     if q_offset is None:

@@ -4,14 +4,14 @@ Three caches, one per attention mode (all batch entries advance in lockstep):
 - KVCache (causal, full): key [B, S, Hkv, D], value [B, S, Hkv, Dv] for positions 0..S-1; grows
   by one per token; append returns a new cache (torch.cat, O(S) per step), like seqmodels.state's.
 - WindowCache (sliding window w): ring buffers key [B, w, Hkv, D], value [B, w, Hkv, Dv]; the key
-  at absolute position p lives in slot p % w; `seen` = tokens appended so far. Constant size.
+  at absolute position p lives in slot p % w; `seen_tokens` = tokens appended so far. Constant size.
 - ChunkCache (chunk-local, Mega-chunk c, arXiv 2209.10655 §3.5): buffers key [B, c, Hkv, D],
   value [B, c, Hkv, Dv]; position p lives in slot p % c and only slots of the current chunk are
   valid, so the buffer is logically cleared at every chunk boundary. Constant size.
 The two bounded caches are written in place and returned (decoding runs without autograd). `positions()` gives each slot's
 absolute position (-1 = empty), e.g. to build a relative-position bias for the step.
 `ordered()` returns the valid keys/values in position order with the first position, for
-prefill continuation through `attention(..., k_offset=first, q_offset=seen)`.
+prefill continuation through `attention(..., k_offset=first, q_offset=seen_tokens)`.
 """
 from __future__ import annotations
 
@@ -37,7 +37,8 @@ class KVCache:
         return cls(key, value)
 
     @property
-    def length(self) -> int:
+    def seen_tokens(self) -> int:
+        """Tokens in the cache (= tokens seen: a full cache keeps them all)."""
         return self.key.shape[1]
 
     def append(self, key: torch.Tensor, value: torch.Tensor) -> "KVCache":
@@ -45,7 +46,7 @@ class KVCache:
         return KVCache(torch.cat([self.key, key], dim=1), torch.cat([self.value, value], dim=1))
 
     def positions(self) -> torch.Tensor:
-        return torch.arange(self.length, device=self.key.device)
+        return torch.arange(self.seen_tokens, device=self.key.device)
 
     def ordered(self) -> Tuple[torch.Tensor, torch.Tensor, int]:
         return self.key, self.value, 0
@@ -55,7 +56,7 @@ class KVCache:
 class _SlotCache:
     key: torch.Tensor  # [B, L, Hkv, D]  (L = window or chunk size)
     value: torch.Tensor  # [B, L, Hkv, Dv]
-    seen: int  # tokens appended so far; position p lives in slot p % L
+    seen_tokens: int  # tokens appended so far; position p lives in slot p % L
 
     @classmethod
     def from_prefill(cls, key: torch.Tensor, value: torch.Tensor, size: int, k_offset: int = 0):
@@ -74,45 +75,45 @@ class _SlotCache:
     def size(self) -> int:
         return self.key.shape[1]
 
-    def _span_after(self, seen: int) -> int:  # number of valid slots once `seen` tokens are in
+    def _span_after(self, seen_tokens: int) -> int:  # number of valid slots once `seen_tokens` tokens are in
         raise NotImplementedError
 
     def append(self, key: torch.Tensor, value: torch.Tensor) -> "_SlotCache":
         """Write key [B, n, Hkv, D], value [B, n, Hkv, Dv] into their slots IN PLACE; returns self."""
         n = key.shape[1]
         keep = min(n, self.size)  # earlier tokens of this call would be overwritten anyway
-        slots = (self.seen + torch.arange(n - keep, n, device=self.key.device)) % self.size
+        slots = (self.seen_tokens + torch.arange(n - keep, n, device=self.key.device)) % self.size
         self.key[:, slots] = key[:, n - keep :]
         self.value[:, slots] = value[:, n - keep :]
-        self.seen += n
+        self.seen_tokens += n
         return self
 
     def positions(self) -> torch.Tensor:
         """[L] long: absolute position held by each slot, -1 where the slot is not valid."""
-        n = self._span_after(self.seen)
-        pos = torch.arange(self.seen - n, self.seen, device=self.key.device)
+        n = self._span_after(self.seen_tokens)
+        pos = torch.arange(self.seen_tokens - n, self.seen_tokens, device=self.key.device)
         out = torch.full((self.size,), -1, dtype=torch.long, device=self.key.device)
         out[pos % self.size] = pos
         return out
 
     def ordered(self) -> Tuple[torch.Tensor, torch.Tensor, int]:
-        n = self._span_after(self.seen)
-        slots = torch.arange(self.seen - n, self.seen, device=self.key.device) % self.size
-        return self.key[:, slots], self.value[:, slots], self.seen - n
+        n = self._span_after(self.seen_tokens)
+        slots = torch.arange(self.seen_tokens - n, self.seen_tokens, device=self.key.device) % self.size
+        return self.key[:, slots], self.value[:, slots], self.seen_tokens - n
 
 
 class WindowCache(_SlotCache):
     """Ring buffer of the last `window` keys/values (sliding-window attention)."""
 
-    def _span_after(self, seen: int) -> int:
-        return min(seen, self.size)
+    def _span_after(self, seen_tokens: int) -> int:
+        return min(seen_tokens, self.size)
 
 
 class ChunkCache(_SlotCache):
     """Keys/values of the current chunk only (chunk-local attention); empty after each boundary."""
 
-    def _span_after(self, seen: int) -> int:
-        return (seen - 1) % self.size + 1 if seen > 0 else 0
+    def _span_after(self, seen_tokens: int) -> int:
+        return (seen_tokens - 1) % self.size + 1 if seen_tokens > 0 else 0
 
 
 def attention_recurrent_step(

@@ -14,7 +14,8 @@ from typing import Optional, Tuple
 
 import torch
 
-from .._validate import check_log_decay, check_positive_int, check_same_device_dtype, check_shape
+from .._dtype import compute_dtype
+from .._validate import check_int, check_log_decay, check_same_device_dtype, check_shape
 from .chunk import ema_chunk
 from .fft import ema_fft
 from .naive import ema_naive
@@ -56,10 +57,10 @@ def ema(
     _check_params(p, log_q, beta, gamma, sizes, "x", x)
     if initial_state is not None:
         check_shape("initial_state", initial_state, ("B", "D", "N"), sizes)
-    check_positive_int("chunk_size", chunk_size)
+    check_int("chunk_size", chunk_size)
     _check_state("initial_state", initial_state, x)
     if backend == "naive":
-        work = torch.float64 if x.dtype == torch.float64 else torch.float32
+        work = compute_dtype(x.dtype)
         h0 = None if initial_state is None else initial_state.to(work)
         y, h = ema_naive(x, p.to(work), log_q.to(work), beta.to(work), gamma.to(work), h0)
         return y, (h if output_final_state else None)
@@ -79,7 +80,7 @@ def ema_step(
     sizes: dict = {}
     check_shape("x_t", x_t, ("B", "D"), sizes)
     _check_params(p, log_q, beta, gamma, sizes, "x_t", x_t)
-    work = torch.float64 if x_t.dtype == torch.float64 else torch.float32
+    work = compute_dtype(x_t.dtype)
     if state is None:
         state = x_t.new_zeros(x_t.shape[0], x_t.shape[1], p.shape[1], dtype=work)
     check_shape("state", state, ("B", "D", "N"), sizes)

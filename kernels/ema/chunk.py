@@ -11,6 +11,8 @@ from typing import Optional, Tuple
 
 import torch
 
+from .._dtype import compute_dtype
+
 
 def ema_chunk(
     x: torch.Tensor, p: torch.Tensor, log_q: torch.Tensor, beta: torch.Tensor, gamma: torch.Tensor,
@@ -19,7 +21,7 @@ def ema_chunk(
     """x [B, T, D] -> (y [B, T, D], final h [B, D, N]); state and math in float32 (float64 for float64)."""
     B, T, D = x.shape
     N = p.shape[1]
-    work = torch.float64 if x.dtype == torch.float64 else torch.float32
+    work = compute_dtype(x.dtype)
     scale = N ** -0.5
     p, log_q, beta, gamma = (t.to(work) for t in (p, log_q, beta, gamma))
     C = min(chunk_size, max(T, 1))

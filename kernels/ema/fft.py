@@ -11,7 +11,8 @@ from typing import Optional, Tuple
 
 import torch
 
-from ..long_conv.fft import long_conv_fft
+from .._dtype import compute_dtype
+from ..long_conv.chunk import long_conv_fft
 
 
 def ema_fft(
@@ -20,7 +21,7 @@ def ema_fft(
 ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
     """x [B, T, D], p/log_q/beta/gamma [D, N], initial_state [B, D, N] -> (y [B, T, D], h [B, D, N] or None)."""
     T = x.shape[1]
-    work = torch.float64 if x.dtype == torch.float64 else torch.float32
+    work = compute_dtype(x.dtype)
     scale = gamma.shape[1] ** -0.5
     p, log_q, beta, gamma = (t.to(work) for t in (p, log_q, beta, gamma))
     lags = torch.arange(T + 1, device=x.device, dtype=work)

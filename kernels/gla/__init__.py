@@ -15,7 +15,7 @@ from typing import Optional
 
 import torch
 
-from .._validate import check_log_decay, check_positive_int, check_same_device_dtype, check_shape
+from .._validate import check_int, check_log_decay, check_same_device_dtype, check_shape
 from .chunk import gla_chunk
 from .naive import gla_naive
 from .recurrent import gla_recurrent, gla_step
@@ -60,7 +60,7 @@ def _check_inputs(q, k, v, log_decay_k, log_decay_v, scale, initial_state, chunk
     check_log_decay("log_decay_v", log_decay_v)
     if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (int, float))):
         raise ValueError(f"scale must be a float or None (default Dk ** -0.5), got {scale!r}")
-    check_positive_int("chunk_size", chunk_size)
+    check_int("chunk_size", chunk_size)
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
 

@@ -28,6 +28,8 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from .._dtype import compute_dtype
+
 NEG_INF = float("-inf")
 # largest decay span (in log space) inside one sub-chunk for which the diagonal blocks are factorized
 # through the sub-chunk start (a bounded positive exponent, ≤ e^20 ≈ 5e8 in float32); larger spans
@@ -195,7 +197,7 @@ def gla_chunk(
     not above it is used). Returns (o in q's dtype, final_state in the compute dtype or None).
     """
     out_dtype = q.dtype
-    dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
+    dtype = compute_dtype(q.dtype)
     B, T, H, Dk = q.shape
     Dv = v.shape[-1]
     scale = Dk ** -0.5 if scale is None else scale

@@ -18,6 +18,8 @@ from typing import Optional
 
 import torch
 
+from .._dtype import compute_dtype
+
 
 def _pair_decay(log_decay: torch.Tensor) -> torch.Tensor:
     """[B,H,T,D] log-decays -> [B,H,T,T,D] with entry (t, s) = e^{b_t - b_s} for s ≤ t, else 0."""
@@ -46,7 +48,7 @@ def gla_naive(
     reverse=True is the same scan run from the last token (time flipped in and out).
     """
     out_dtype = q.dtype
-    dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
+    dtype = compute_dtype(q.dtype)
     B, T, H, Dk = q.shape
     Dv = v.shape[-1]
     scale = Dk ** -0.5 if scale is None else scale

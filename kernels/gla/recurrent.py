@@ -11,11 +11,8 @@ from typing import Optional
 
 import torch
 
+from .._dtype import compute_dtype
 from .._validate import check_log_decay, check_shape
-
-
-def _state_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def _step(q, k, v, gk, gv, state, scale):
@@ -55,7 +52,7 @@ def gla_step(
         check_shape("state", state, ("B", "H", "Dk", "Dv"), sizes)
     check_log_decay("log_decay_k", log_decay_k)
     check_log_decay("log_decay_v", log_decay_v)
-    dtype = _state_dtype(q.dtype)
+    dtype = compute_dtype(q.dtype)
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     if state is None:
         state = q.new_zeros(q.shape[0], q.shape[1], q.shape[2], v.shape[2], dtype=dtype)
@@ -77,7 +74,7 @@ def gla_recurrent(
 ):
     """Token loop over `_step` (same arguments and layout as seqmodels.kernels.gla.gla; unchecked)."""
     B, T, H, Dk = q.shape
-    dtype = _state_dtype(q.dtype)
+    dtype = compute_dtype(q.dtype)
     scale = Dk ** -0.5 if scale is None else scale
     state = q.new_zeros(B, H, Dk, v.shape[-1], dtype=dtype) if initial_state is None else initial_state.to(dtype)
     cast = lambda x: None if x is None else x.to(dtype)  # noqa: E731

@@ -14,7 +14,7 @@ import torch
 
 from .._conv_tail import last_inputs
 from .._validate import check_same_device_dtype, check_shape
-from .fft import long_conv_fft
+from .chunk import long_conv_fft
 from .naive import long_conv_direct
 from .recurrent import long_conv_recurrent_step
 

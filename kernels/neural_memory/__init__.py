@@ -11,7 +11,7 @@ Mini-batch semantics (Eqs. 16-18): every gradient of a mini-batch of b = chunk_s
 absolute positions multiple of b) is taken at the mini-batch-start weights; momentum and
 forgetting stay per token. b = 1 is the token-by-token rule. b is part of the model.
 Backends: "naive" (token loop, autograd gradients) | "torch" / "auto" (chunked matmuls).
-neural_memory_step(...) is the decoding step; NeuralMemoryState holds (M, S, M_{t'}, position).
+neural_memory_step(...) is the decoding step; NeuralMemoryState holds (M, S, M_{t'}, seen_in_chunk).
 mlp_memory / mlp_memory_step: the same rule with a 2-layer MLP memory SiLU(k W1) W2 (mlp.py): token
 loop only (torch.func gradients; backend "naive" = autograd reference), initial weights required.
 initial_state: a NeuralMemoryState, or a memory tensor M_0 [B, H, Dk, Dv] (zero momentum).
@@ -24,7 +24,8 @@ from typing import Optional, Tuple, Union
 
 import torch
 
-from .._validate import check_log_decay, check_positive_int, check_same_device_dtype, check_shape
+from .._dtype import compute_dtype
+from .._validate import check_int, check_log_decay, check_same_device_dtype, check_shape
 from .chunk import neural_memory_chunk
 from .mlp import MLPMemoryState, mlp_memory_loop, mlp_memory_recurrent_step, mlp_memory_sequential
 from .naive import neural_memory_sequential
@@ -57,15 +58,10 @@ def _resolve_state(initial_state, sizes, dtype, device, chunk_size, name="initia
         check_shape(f"{name}.{field}", t, ("B", "H", "Dk", "Dv"), sizes)
         if t.device != device or not t.is_floating_point():
             raise ValueError(f"{name}.{field} must be a floating tensor on {device}, got {t.dtype} on {t.device}")
-    p = initial_state.position
-    if not isinstance(p, int) or not 0 <= p < chunk_size:
-        raise ValueError(f"{name}.position must be an integer in [0, chunk_size={chunk_size}), got {p!r}")
+    p = initial_state.seen_in_chunk
+    check_int(f"{name}.seen_in_chunk (tokens of the current mini-batch of chunk_size={chunk_size})", p, 0, chunk_size - 1)
     cast = lambda t: t.to(dtype)  # noqa: E731
     return NeuralMemoryState(cast(initial_state.memory), cast(initial_state.momentum), cast(initial_state.chunk_start_memory), p)
-
-
-def _work_dtype(x: torch.Tensor) -> torch.dtype:
-    return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
 def neural_memory(
@@ -77,7 +73,7 @@ def neural_memory(
     """Titans memory over a sequence; see the module docstring. Returns (y [B, T, H, Dv], state or None)."""
     sizes: dict = {}
     _check_seq(q, k, v, theta, log_eta, log_retain, chunk_size, sizes)
-    state = _resolve_state(initial_state, sizes, _work_dtype(q), q.device, chunk_size)
+    state = _resolve_state(initial_state, sizes, compute_dtype(q.dtype), q.device, chunk_size)
     forms = {"naive": neural_memory_sequential, "torch": neural_memory_chunk}
     return _run(forms, backend, (q, k, v, theta, log_eta, log_retain, chunk_size, state), output_final_state)
 
@@ -98,7 +94,7 @@ def neural_memory_step(
     """One decoding step: q_t, k_t [B, H, Dk], v_t [B, H, Dv], gates [B, H] -> (y_t [B, H, Dv], new state)."""
     sizes: dict = {}
     _check_step(q_t, k_t, v_t, theta_t, log_eta_t, log_retain_t, chunk_size, sizes)
-    state = _resolve_state(state, sizes, _work_dtype(q_t), q_t.device, chunk_size, "state")
+    state = _resolve_state(state, sizes, compute_dtype(q_t.dtype), q_t.device, chunk_size, "state")
     return neural_memory_recurrent_step(q_t, k_t, v_t, theta_t, log_eta_t, log_retain_t, chunk_size, state)
 
 
@@ -108,7 +104,7 @@ def _check_seq(q, k, v, theta, log_eta, log_retain, chunk_size, sizes):
     check_shape("v", v, ("B", "T", "H", "Dv"), sizes)
     _check_gates(theta, log_eta, log_retain, ("B", "T", "H"), sizes)
     check_same_device_dtype({"q": q, "k": k, "v": v, "theta": theta, "log_eta": log_eta, "log_retain": log_retain})
-    check_positive_int("chunk_size", chunk_size)
+    check_int("chunk_size", chunk_size)
 
 
 def _resolve_mlp_state(state, sizes, dtype, device, chunk_size, name) -> MLPMemoryState:
@@ -125,10 +121,9 @@ def _resolve_mlp_state(state, sizes, dtype, device, chunk_size, name) -> MLPMemo
         for i, w in enumerate(weights):
             if w.device != device or not w.is_floating_point():
                 raise ValueError(f"{name}.{field}[{i}] must be a floating tensor on {device}, got {w.dtype} on {w.device}")
-    if not isinstance(state.position, int) or not 0 <= state.position < chunk_size:
-        raise ValueError(f"{name}.position must be an integer in [0, chunk_size={chunk_size}), got {state.position!r}")
+    check_int(f"{name}.seen_in_chunk (tokens of the current mini-batch of chunk_size={chunk_size})", state.seen_in_chunk, 0, chunk_size - 1)
     cast = lambda ws: tuple(w.to(dtype) for w in ws)  # noqa: E731
-    return MLPMemoryState(cast(state.memory), cast(state.momentum), cast(state.chunk_start_memory), state.position)
+    return MLPMemoryState(cast(state.memory), cast(state.momentum), cast(state.chunk_start_memory), state.seen_in_chunk)
 
 
 def mlp_memory(
@@ -140,7 +135,7 @@ def mlp_memory(
     W2 [B, H, Dh, Dv]). backend: "naive" (autograd gradients) | "torch" / "auto" (torch.func step)."""
     sizes: dict = {}
     _check_seq(q, k, v, theta, log_eta, log_retain, chunk_size, sizes)
-    state = _resolve_mlp_state(initial_state, sizes, _work_dtype(q), q.device, chunk_size, "initial_state")
+    state = _resolve_mlp_state(initial_state, sizes, compute_dtype(q.dtype), q.device, chunk_size, "initial_state")
     forms = {"naive": mlp_memory_sequential, "torch": mlp_memory_loop}
     return _run(forms, backend, (q, k, v, theta, log_eta, log_retain, chunk_size, state), output_final_state)
 
@@ -152,7 +147,7 @@ def mlp_memory_step(
     """One decoding step of the MLP memory: q_t, k_t [B, H, Dk], v_t [B, H, Dv], gates [B, H]."""
     sizes: dict = {}
     _check_step(q_t, k_t, v_t, theta_t, log_eta_t, log_retain_t, chunk_size, sizes)
-    state = _resolve_mlp_state(state, sizes, _work_dtype(q_t), q_t.device, chunk_size, "state")
+    state = _resolve_mlp_state(state, sizes, compute_dtype(q_t.dtype), q_t.device, chunk_size, "state")
     return mlp_memory_recurrent_step(q_t, k_t, v_t, theta_t, log_eta_t, log_retain_t, chunk_size, state)
 
 
@@ -162,4 +157,4 @@ def _check_step(q_t, k_t, v_t, theta_t, log_eta_t, log_retain_t, chunk_size, siz
     check_shape("v_t", v_t, ("B", "H", "Dv"), sizes)
     _check_gates(theta_t, log_eta_t, log_retain_t, ("B", "H"), sizes, "_t")
     check_same_device_dtype({"q_t": q_t, "k_t": k_t, "v_t": v_t, "theta_t": theta_t, "log_eta_t": log_eta_t, "log_retain_t": log_retain_t})
-    check_positive_int("chunk_size", chunk_size)
+    check_int("chunk_size", chunk_size)

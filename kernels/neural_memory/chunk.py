@@ -56,7 +56,7 @@ def neural_memory_chunk(
     work = state.memory.dtype
     T, b = q.shape[1], chunk_size
     per_token = [t.transpose(1, 2).to(work) for t in (q, k, v, theta, log_eta, log_retain)]  # [B, H, T, *]
-    spans, start, pos = [], 0, state.position
+    spans, start, pos = [], 0, state.seen_in_chunk
     while start < T:  # mini-batch pieces of the sequence; only the first and the last may be partial
         spans.append((start, min(T, start + b - pos)))
         start, pos = spans[-1][1], 0
@@ -73,7 +73,7 @@ def neural_memory_chunk(
         else:
             one = [t[:, :, sp[0] : sp[1]] for t in per_token]
             pieces.append((*one[:3], *_span_coefficients(one[0], one[1], *one[3:])))
-    M, S, M_start, pos = state.memory, state.momentum, state.chunk_start_memory, state.position
+    M, S, M_start, pos = state.memory, state.momentum, state.chunk_start_memory, state.seen_in_chunk
     ys = []
     for (start, stop), (Q, K, V, c, f, scores, KSt, KMt, a_last, c_last, f_last) in zip(spans, pieces):
         if pos == 0:

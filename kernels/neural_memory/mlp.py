@@ -24,7 +24,7 @@ class MLPMemoryState:
     memory: Params  # (W1 [B, H, Dk, Dh], W2 [B, H, Dh, Dv]) after the last token
     momentum: Params  # surprise S for each weight, same shapes
     chunk_start_memory: Params  # weights at the start of the current mini-batch
-    position: int = 0  # tokens already in the current mini-batch
+    seen_in_chunk: int = 0  # tokens already in the current mini-batch
 
     @classmethod
     def from_weights(cls, weights: Params) -> "MLPMemoryState":
@@ -54,13 +54,13 @@ def mlp_memory_recurrent_step(
     """q_t, k_t [B, H, Dk], v_t [B, H, Dv], gates [B, H] -> (y_t [B, H, Dv], new state)."""
     P, S = state.memory, state.momentum
     work = P[0].dtype
-    P_start = P if state.position == 0 else state.chunk_start_memory
+    P_start = P if state.seen_in_chunk == 0 else state.chunk_start_memory
     grads = _batched_grad(P_start[0], P_start[1], k_t.to(work), v_t.to(work))
     gate = lambda g: g.to(work)[..., None, None]  # noqa: E731
     S = tuple(torch.exp(gate(log_eta_t)) * s - gate(theta_t) * g for s, g in zip(S, grads))
     P = tuple(torch.exp(gate(log_retain_t)) * p + s for p, s in zip(P, S))
     y = mlp_memory_fn(P, q_t.to(work))
-    pos = (state.position + 1) % chunk_size
+    pos = (state.seen_in_chunk + 1) % chunk_size
     return y.to(v_t.dtype), MLPMemoryState(P, S, P if pos == 0 else P_start, pos)
 
 
@@ -84,6 +84,6 @@ def mlp_memory_sequential(
     """The autograd reference (naive.memory_sequential) for the MLP memory: the oracle for the step."""
     y, P, S, P_start, pos = memory_sequential(
         mlp_memory_fn, q, k, v, theta, log_eta, log_retain, chunk_size,
-        state.memory, state.momentum, state.chunk_start_memory, state.position,
+        state.memory, state.momentum, state.chunk_start_memory, state.seen_in_chunk,
     )
     return y, MLPMemoryState(P, S, P_start, pos)

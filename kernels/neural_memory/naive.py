@@ -32,10 +32,10 @@ def linear_memory(params: Params, x: torch.Tensor) -> torch.Tensor:
 def memory_sequential(
     memory_fn: MemoryFn, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, theta: torch.Tensor,
     log_eta: torch.Tensor, log_retain: torch.Tensor, chunk_size: int,
-    params: Params, momentum: Params, start_params: Params, position: int,
+    params: Params, momentum: Params, start_params: Params, seen_in_chunk: int,
 ) -> Tuple[torch.Tensor, Params, Params, Params, int]:
-    """Token loop for any memory_fn; returns (y [B, T, H, Dv], params, momentum, start params, position)."""
-    P, S, P_start, pos = params, momentum, start_params, position
+    """Token loop for any memory_fn; returns (y [B, T, H, Dv], params, momentum, start params, seen_in_chunk)."""
+    P, S, P_start, pos = params, momentum, start_params, seen_in_chunk
     work = P[0].dtype
     ys = []
     for t in range(q.shape[1]):
@@ -61,6 +61,6 @@ def neural_memory_sequential(
     """Matrix memory: q, k [B, T, H, Dk], v [B, T, H, Dv], theta / log_eta / log_retain = log(1 - α) [B, T, H]."""
     y, P, S, P_start, pos = memory_sequential(
         linear_memory, q, k, v, theta, log_eta, log_retain, chunk_size,
-        (state.memory,), (state.momentum,), (state.chunk_start_memory,), state.position,
+        (state.memory,), (state.momentum,), (state.chunk_start_memory,), state.seen_in_chunk,
     )
     return y, NeuralMemoryState(P[0], S[0], P_start[0], pos)

@@ -4,8 +4,8 @@ memory              M_t      [B, H, Dk, Dv]  weights after the last token
 momentum            S_t      [B, H, Dk, Dv]  surprise (Eq. 14)
 chunk_start_memory  M_{t'}   [B, H, Dk, Dv]  weights at the start of the current mini-batch, at which
                                              every gradient of that mini-batch is taken (Eqs. 16-18)
-position            int      tokens already seen in the current mini-batch, 0 <= position < b
-When position == 0 the next token starts a new mini-batch and chunk_start_memory is refreshed from
+seen_in_chunk       int      tokens already seen in the current mini-batch, 0 <= seen_in_chunk < b
+When seen_in_chunk == 0 the next token starts a new mini-batch and chunk_start_memory is refreshed from
 memory. All batch entries advance in lockstep. Tensors are float32 (float64 for float64 inputs).
 """
 from __future__ import annotations
@@ -20,7 +20,7 @@ class NeuralMemoryState:
     memory: torch.Tensor
     momentum: torch.Tensor
     chunk_start_memory: torch.Tensor
-    position: int = 0
+    seen_in_chunk: int = 0
 
     @classmethod
     def zeros(cls, batch: int, heads: int, dk: int, dv: int, dtype=torch.float32, device=None) -> "NeuralMemoryState":

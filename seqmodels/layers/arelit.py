@@ -2,7 +2,7 @@
 
 Pramanik et al., arXiv 2310.15719 (v2: AGaLiTe). Paper text not readable here (no equation
 numbers cited); follows docs/architecture.md §5.11 and the authors' code (github.com/subho406/agalite,
-src/models/relit/arelit.py). Same features and gates as ReLiT (relit.py); with
+src/models/relit/arelit.py). Same features, gates and block wiring as ReLiT (seqmodels/modules/relit_base.py); with
 ω_j = linspace(-π, π, r) and c_j(t) = cos(ω_j t), t = 1, 2, ... the token's 1-based position:
 
     k̃_{j,t} = (1-γ_t) ⊙ k̃_{j,t-1} + c_j(t) γ_t ⊙ φ(k_t)       (j = 1..r, η·dk each)
@@ -17,7 +17,7 @@ v = [c_j(t) β_t⊙v_t]_j, log_decay_v = log(1-β) per trace: its output is the 
 Differences from the released code, both harmless re-parametrizations: its tick starts at 2 for
 the first token (we use t = 1), and it adds eps to the numerator as well.
 Block options (standard / gtrxl) as in ReLiT.
-Decoding state: ArelitState (k̃ and s [B,H,η·dk,r+1], ṽ [B,H,1,r·dv], tick), constant in T.
+Decoding state: ArelitState (k̃ and s [B,H,η·dk,r+1], ṽ [B,H,1,r·dv], seen_tokens), constant in T.
 """
 from __future__ import annotations
 
@@ -27,10 +27,11 @@ from typing import ClassVar
 
 import torch
 
+from seqmodels.kernels._dtype import compute_dtype
 from seqmodels.kernels.gla import gla, gla_step
-from seqmodels.layers.normalized_gla import state_dtype
 from seqmodels.layers.registry import register_mixer
-from seqmodels.layers.relit import ReLiT, ReLiTOptions, positive_int_option
+from seqmodels.modules.options import check_int_option
+from seqmodels.modules.relit_base import ReLiTBase, ReLiTOptions
 
 
 @dataclass
@@ -40,36 +41,36 @@ class AReLiTOptions(ReLiTOptions):
 
     def __post_init__(self):
         super().__post_init__()
-        positive_int_option(self.family, "r", self.r)
+        check_int_option(self.family, "r", self.r)
 
 
 @dataclass
 class ArelitState:
     key_traces: torch.Tensor  # [B, H, η·dk, r + 1]: k̃_1..k̃_r and s
     value_traces: torch.Tensor  # [B, H, 1, r·dv]: ṽ_1..ṽ_r
-    tick: int = 0  # tokens seen
+    seen_tokens: int = 0
 
 
 @register_mixer("arelit")
-class AReLiT(ReLiT):
+class AReLiT(ReLiTBase):
     Options = AReLiTOptions
 
     def __init__(self, cfg, layer_idx: int):
         super().__init__(cfg, layer_idx)
         self.r = self.options.r
 
-    def modulation(self, tick: int, time: int, dtype) -> torch.Tensor:
-        """c_j(t) = cos(ω_j t) for t = tick+1 .. tick+time: [time, r] (computed in float64)."""
+    def modulation(self, seen_tokens: int, time: int, dtype) -> torch.Tensor:
+        """c_j(t) = cos(ω_j t) for t = seen_tokens+1 .. seen_tokens+time (1-based positions): [time, r] (in float64)."""
         device = self.o_proj.weight.device
         omega = torch.linspace(-math.pi, math.pi, self.r, dtype=torch.float64, device=device)
-        t = torch.arange(tick + 1, tick + time + 1, dtype=torch.float64, device=device)
+        t = torch.arange(seen_tokens + 1, seen_tokens + time + 1, dtype=torch.float64, device=device)
         return torch.cos(t[:, None] * omega[None, :]).to(dtype)
 
-    def _gla_inputs(self, x, tick):
+    def _gla_inputs(self, x, seen_tokens):
         B, T, _ = x.shape
         H, dv, r = self.n_heads, self.head_dim_v, self.r
         phi_q, k, v, log_decay_k, log_decay_v = self.features(x)[:5]
-        cos = self.modulation(tick, T, x.dtype)  # [T, r]
+        cos = self.modulation(seen_tokens, T, x.dtype)  # [T, r]
         a_values = torch.cat([cos, cos.new_ones(T, 1)], dim=-1)[None, :, None].expand(B, T, H, r + 1)
         b_values = (v.unsqueeze(-2) * cos[None, :, None, :, None]).reshape(B, T, H, r * dv)
         b_decay = log_decay_v.unsqueeze(-2).expand(B, T, H, r, dv).reshape(B, T, H, r * dv)
@@ -84,7 +85,7 @@ class AReLiT(ReLiT):
         return numerator / (2 * r * a_out[..., r:] + self.options.eps)
 
     def init_state(self, batch_size, device=None, dtype=None) -> ArelitState:
-        sd = state_dtype(dtype or torch.float32)
+        sd = compute_dtype(dtype or torch.float32)
         H = self.n_heads
         return ArelitState(
             torch.zeros(batch_size, H, self.feature_dim, self.r + 1, device=device, dtype=sd),
@@ -94,18 +95,18 @@ class AReLiT(ReLiT):
 
     def _mix(self, x, state: ArelitState | None, return_state: bool):
         B, T, _ = x.shape
-        tick = state.tick if state is not None else 0
-        (qa, ka, va, gka), (qb, kb, vb, gvb) = self._gla_inputs(x, tick)
+        seen_tokens = state.seen_tokens if state is not None else 0
+        (qa, ka, va, gka), (qb, kb, vb, gvb) = self._gla_inputs(x, seen_tokens)
         common = dict(scale=1.0, output_final_state=return_state, chunk_size=self.cfg.chunk_size,
                       backend=self.cfg.kernel_backend)
         a_out, a_state = gla(qa, ka, va, gka, None, initial_state=None if state is None else state.key_traces, **common)
         b_out, b_state = gla(qb, kb, vb, None, gvb, initial_state=None if state is None else state.value_traces, **common)
         y = self.o_proj(self._combine(a_out, b_out).reshape(B, T, -1))
-        return y, (ArelitState(a_state, b_state, tick + T) if return_state else None)
+        return y, (ArelitState(a_state, b_state, seen_tokens + T) if return_state else None)
 
     def _mix_step(self, x_t, state: ArelitState):
-        (qa, ka, va, gka), (qb, kb, vb, gvb) = ((t[:, 0] for t in group) for group in self._gla_inputs(x_t[:, None], state.tick))
+        (qa, ka, va, gka), (qb, kb, vb, gvb) = ((t[:, 0] for t in group) for group in self._gla_inputs(x_t[:, None], state.seen_tokens))
         a_out, a_state = gla_step(qa, ka, va, gka, None, state.key_traces, scale=1.0)
         b_out, b_state = gla_step(qb, kb, vb, None, gvb, state.value_traces, scale=1.0)
         y = self.o_proj(self._combine(a_out, b_out).reshape(x_t.shape[0], -1))
-        return y, ArelitState(a_state, b_state, state.tick + 1)
+        return y, ArelitState(a_state, b_state, state.seen_tokens + 1)

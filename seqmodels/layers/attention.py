@@ -14,10 +14,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from seqmodels.kernels.attention import KVCache, attention
 from seqmodels.layers.base import Mixer
 from seqmodels.layers.registry import register_mixer
-from seqmodels.layers.rope import apply_rope, rope_cos_sin
-from seqmodels.kernels.attention import KVCache, attention
+from seqmodels.modules.rope import apply_rope, rope_cos_sin
 
 
 @dataclass
@@ -70,7 +70,7 @@ class SoftmaxAttention(Mixer):
 
     def forward(self, x, state: KVCache | None = None, return_state: bool = False):
         batch, time, _ = x.shape
-        offset = state.length if state is not None else 0
+        offset = state.seen_tokens if state is not None else 0
         q, k, v = self.project(x, offset)
         if state is not None:
             state = state.append(k, v)

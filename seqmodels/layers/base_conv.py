@@ -26,6 +26,7 @@ from torch import nn
 from seqmodels.kernels.short_conv import MAX_KERNEL_SIZE, short_conv, short_conv_step
 from seqmodels.layers.base import Mixer
 from seqmodels.layers.registry import register_mixer
+from seqmodels.modules.options import check_int_option
 
 VARIANTS = ("zoology", "based")
 
@@ -38,13 +39,10 @@ class BaseConvOptions:
     expand: int = 4  # based variant: in_proj width = expand · d_model (two halves)
 
     def __post_init__(self):
-        k = self.kernel_size
-        if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= MAX_KERNEL_SIZE:
-            raise ValueError(f"mixer_options.base_conv.kernel_size must be an integer in [1, {MAX_KERNEL_SIZE}], got {k!r}")
+        check_int_option("base_conv", "kernel_size", self.kernel_size, maximum=MAX_KERNEL_SIZE)
         if self.variant not in VARIANTS:
             raise ValueError(f"mixer_options.base_conv.variant must be one of {list(VARIANTS)}, got {self.variant!r}")
-        if not isinstance(self.expand, int) or isinstance(self.expand, bool) or self.expand < 1:
-            raise ValueError(f"mixer_options.base_conv.expand must be a positive integer, got {self.expand!r}")
+        check_int_option("base_conv", "expand", self.expand)
 
 
 @register_mixer("base_conv")

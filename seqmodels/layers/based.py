@@ -27,8 +27,9 @@ import torch
 from torch import nn
 
 from seqmodels.layers.base import Mixer
-from seqmodels.layers.normalized_gla import normalized_gla, normalized_gla_step, zero_state
 from seqmodels.layers.registry import register_mixer
+from seqmodels.modules.normalized_gla import normalized_gla, normalized_gla_step, zero_state
+from seqmodels.modules.options import check_int_option
 
 PACKINGS = ("full", "symmetric")
 
@@ -40,8 +41,7 @@ class BasedOptions:
     eps: float = 1e-12
 
     def __post_init__(self):
-        if not isinstance(self.feature_dim, int) or isinstance(self.feature_dim, bool) or self.feature_dim < 1:
-            raise ValueError(f"mixer_options.based.feature_dim must be a positive integer, got {self.feature_dim!r}")
+        check_int_option("based", "feature_dim", self.feature_dim)
         if self.packing not in PACKINGS:
             raise ValueError(f"mixer_options.based.packing must be one of {list(PACKINGS)}, got {self.packing!r}")
         if not self.eps > 0:

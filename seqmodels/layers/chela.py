@@ -46,12 +46,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from seqmodels.kernels._dtype import compute_dtype
 from seqmodels.kernels.gla import gla, gla_step
 from seqmodels.kernels.long_conv import long_conv, long_conv_step
 from seqmodels.kernels.short_conv import MAX_KERNEL_SIZE, short_conv, short_conv_step
 from seqmodels.layers.base import Mixer
 from seqmodels.layers.registry import register_mixer
-from seqmodels.norm import build_norm
+from seqmodels.modules.norm import build_norm
+from seqmodels.modules.options import check_int_option
 
 FEATURE_MAPS = ("elu1", "identity")
 
@@ -71,11 +73,6 @@ class ChelaState:
     short_tail: torch.Tensor  # [B, K - 1, d_model]: last inputs of the short conv
     long_tail: torch.Tensor  # [B, L_k - 1, d_model]: last inputs of the long conv (bounded by L_k)
     attn: torch.Tensor  # [B, H, Dk, Dv (+1 normalizer column)], float32 (float64 for float64)
-
-
-def _positive_int(name, value, low=1):
-    if not isinstance(value, int) or isinstance(value, bool) or value < low:
-        raise ValueError(f"mixer_options.chela.{name} must be an integer >= {low}, got {value!r}")
 
 
 @register_mixer("chela")
@@ -110,12 +107,11 @@ class Chela(Mixer):
 
     @staticmethod
     def check_config(cfg, options) -> None:
-        _positive_int("short_kernel", options.short_kernel)
+        check_int_option("chela", "short_kernel", options.short_kernel)
         if options.short_kernel > MAX_KERNEL_SIZE:
             raise ValueError(f"mixer_options.chela.short_kernel={options.short_kernel} exceeds {MAX_KERNEL_SIZE} (short_conv's limit)")
-        if options.long_kernel is not None:
-            _positive_int("long_kernel", options.long_kernel, low=2)
-        _positive_int("parallel_short_kernel", options.parallel_short_kernel, low=0)
+        check_int_option("chela", "long_kernel", options.long_kernel, minimum=2, optional=True)
+        check_int_option("chela", "parallel_short_kernel", options.parallel_short_kernel, minimum=0)
         long_len = options.long_kernel or cfg.max_seq_len
         if options.parallel_short_kernel > min(MAX_KERNEL_SIZE, long_len):
             raise ValueError(
@@ -144,9 +140,6 @@ class Chela(Mixer):
             nn.init.zeros_(self.qk_offset)
 
     # ------------------------------------------------------------ pieces
-    def _work_dtype(self, dtype):
-        return torch.float64 if dtype == torch.float64 else torch.float32
-
     def decayed_long_kernel(self) -> torch.Tensor:
         """W ⊙ exp(−l · e^ρ) [d, L_k] (the long branch alone, before folding)."""
         lags = torch.arange(self.long_len, device=self.long_weight.device, dtype=self.long_weight.dtype)
@@ -198,7 +191,7 @@ class Chela(Mixer):
         return ChelaState(
             torch.zeros(batch_size, self.options.short_kernel - 1, d, device=device, dtype=dtype),
             torch.zeros(batch_size, self.long_len - 1, d, device=device, dtype=dtype),
-            torch.zeros(batch_size, self.n_heads, self.dk, dv, device=device, dtype=self._work_dtype(dtype)),
+            torch.zeros(batch_size, self.n_heads, self.dk, dv, device=device, dtype=compute_dtype(dtype)),
         )
 
     def forward(self, x, state: Optional[ChelaState] = None, return_state: bool = False):

@@ -21,9 +21,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from seqmodels.layers.gla_base import GLAMixer, GLAState, run_gla, step_gla
 from seqmodels.layers.registry import register_mixer
-from seqmodels.norm import RMSNorm
+from seqmodels.modules.gla_base import GLAMixer, GLAState, expanded_head_dims, gla_layer, gla_layer_step
+from seqmodels.modules.norm import RMSNorm
+from seqmodels.modules.options import check_int_option
 
 
 @dataclass
@@ -37,29 +38,7 @@ class GLAOptions:
         for name in ("expand_k", "expand_v", "gate_normalizer"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"mixer_options.gla.{name} must be > 0, got {getattr(self, name)}")
-        if not isinstance(self.gate_rank, int) or self.gate_rank < 1:
-            raise ValueError(f"mixer_options.gla.gate_rank must be a positive integer, got {self.gate_rank!r}")
-
-
-def expanded_head_dims(cfg, options, family: str):
-    """(Dk, Dv) = (expand_k·d / H, expand_v·d / H); ValueError when not integral or when the config's
-    explicit head_dim_k / head_dim_v disagree."""
-    dims = []
-    for which, expand, explicit in (("k", options.expand_k, cfg.head_dim_k), ("v", options.expand_v, cfg.head_dim_v)):
-        width = expand * cfg.d_model
-        if width != int(width) or int(width) % cfg.n_heads or int(width) < cfg.n_heads:
-            raise ValueError(
-                f"{family}: expand_{which}={expand} gives width {width:g} for d_model={cfg.d_model}, which must be a "
-                f"positive integer multiple of n_heads={cfg.n_heads}"
-            )
-        head_dim = int(width) // cfg.n_heads
-        if explicit is not None and explicit != head_dim:
-            raise ValueError(
-                f"{family}: head_dim_{which}={explicit} does not match expand_{which}={expand} "
-                f"(d_model {cfg.d_model} / {cfg.n_heads} heads -> {head_dim}); leave head_dim_{which} unset"
-            )
-        dims.append(head_dim)
-    return tuple(dims)
+        check_int_option("gla", "gate_rank", self.gate_rank)
 
 
 @register_mixer("gla")
@@ -97,11 +76,11 @@ class GatedLinearAttention(GLAMixer):
 
     def forward(self, x, state: GLAState | None = None, return_state: bool = False):
         q, k, v, log_decay = self.project(x)
-        o, kv = run_gla(self.cfg, q, k, v, log_decay, self.scale, None if state is None else state.kv, return_state)
-        new_state = GLAState(kv, (0 if state is None else state.position) + x.shape[1]) if return_state else None
+        o, kv = gla_layer(self.cfg, q, k, v, log_decay, self.scale, None if state is None else state.kv, return_state)
+        new_state = GLAState(kv, (0 if state is None else state.seen_tokens) + x.shape[1]) if return_state else None
         return self.output(o, x), new_state
 
     def step(self, x_t, state: GLAState):
         q, k, v, log_decay = self.project(x_t)
-        o_t, state = step_gla(q, k, v, log_decay, self.scale, state)
+        o_t, state = gla_layer_step(q, k, v, log_decay, self.scale, state)
         return self.output(o_t, x_t), state

@@ -26,10 +26,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from seqmodels.kernels._dtype import compute_dtype
 from seqmodels.kernels.gla import gla_step
-from seqmodels.layers.gla_base import GLAMixer, run_gla, state_dtype
 from seqmodels.layers.registry import register_mixer
-from seqmodels.norm import RMSNorm
+from seqmodels.modules.gla_base import GLAMixer, gla_layer
+from seqmodels.modules.norm import RMSNorm
+from seqmodels.modules.options import check_int_option
 
 
 @dataclass
@@ -37,8 +39,7 @@ class LightNetOptions:
     gate_rank: int = 128  # rank of the output gate x W_g1 W_g2
 
     def __post_init__(self) -> None:
-        if not isinstance(self.gate_rank, int) or isinstance(self.gate_rank, bool) or self.gate_rank < 1:
-            raise ValueError(f"mixer_options.lightnet.gate_rank must be a positive integer, got {self.gate_rank!r}")
+        check_int_option("lightnet", "gate_rank", self.gate_rank)
 
 
 @dataclass
@@ -79,7 +80,7 @@ class LightNetAttention(GLAMixer):
         self.scale = self.dk ** -0.5
 
     def init_state(self, batch_size, device=None, dtype=None) -> LightNetState:
-        dtype = state_dtype(dtype or torch.float32)
+        dtype = compute_dtype(dtype or torch.float32)
         kv = torch.zeros(batch_size, self.n_heads, self.dk, self.dv, device=device, dtype=dtype)
         z = torch.full((batch_size, self.n_heads, self.dk), float("-inf"), device=device, dtype=dtype)
         return LightNetState(kv, z)
@@ -96,9 +97,9 @@ class LightNetAttention(GLAMixer):
     def forward(self, x, state: LightNetState | None = None, return_state: bool = False):
         q, k, v = self.project(x)
         z0 = None if state is None else state.log_normalizer
-        compute = state_dtype(x.dtype)
+        compute = compute_dtype(x.dtype)
         k_tilde, log_decay, z_last = additive_gates(k.to(compute), None if z0 is None else z0.to(compute))
-        o, kv = run_gla(self.cfg, q, k_tilde.to(x.dtype), v, log_decay.to(x.dtype), self.scale,
+        o, kv = gla_layer(self.cfg, q, k_tilde.to(x.dtype), v, log_decay.to(x.dtype), self.scale,
                         None if state is None else state.kv, return_state)
         new_state = LightNetState(kv, z_last) if return_state else None
         return self.output(o, x), new_state

@@ -32,9 +32,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from seqmodels.layers.gla_base import GLAMixer, GLAState, run_gla, step_gla
 from seqmodels.layers.registry import register_mixer
-from seqmodels.norm import RMSNorm
+from seqmodels.modules.gla_base import GLAMixer, GLAState, gla_layer, gla_layer_step
+from seqmodels.modules.norm import RMSNorm
 
 DECAY_SCHEDULES = ("official", "paper")
 
@@ -120,15 +120,15 @@ class LightningAttention(GLAMixer):
 
     def forward(self, x, state: GLAState | None = None, return_state: bool = False):
         batch, time, _ = x.shape
-        offset = 0 if state is None else state.position
+        offset = 0 if state is None else state.seen_tokens
         q, k, v = self.project(x, offset)
         log_decay = self.log_decay(x)[None, None, :].expand(batch, time, self.n_heads)
-        o, kv = run_gla(self.cfg, q, k, v, log_decay, 1.0, None if state is None else state.kv, return_state)
+        o, kv = gla_layer(self.cfg, q, k, v, log_decay, 1.0, None if state is None else state.kv, return_state)
         new_state = GLAState(kv, offset + time) if return_state else None
         return self.output(o, x), new_state
 
     def step(self, x_t, state: GLAState):
-        q, k, v = self.project(x_t[:, None], state.position)
+        q, k, v = self.project(x_t[:, None], state.seen_tokens)
         log_decay = self.log_decay(x_t)[None, :].expand(x_t.shape[0], self.n_heads)
-        o_t, state = step_gla(q[:, 0], k[:, 0], v[:, 0], log_decay, 1.0, state)
+        o_t, state = gla_layer_step(q[:, 0], k[:, 0], v[:, 0], log_decay, 1.0, state)
         return self.output(o_t, x_t), state

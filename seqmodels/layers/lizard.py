@@ -22,12 +22,11 @@ matrix; c_ref = c at the start of each query block of `chunk_size` rows keeps ev
 Decoding state (LizardState): S [B, H, 2F, Dv + 1] (values + normalizer) and a WindowCache ring
 buffer of the last w keys/values — constant in T. The meta logits are parameters.
 
-`HedgehogWindowBase` holds what Lizard and LoLCATs (lolcats.py) share: q/k/v/o projections (GQA,
-optional biases), the per-head feature maps and `from_attention`.
+Projections, feature maps and `from_attention` come from seqmodels/modules/hedgehog_window.py
+(shared with LoLCATs).
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Optional
@@ -36,12 +35,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from seqmodels.kernels._validate import check_positive_int
+from seqmodels.kernels._dtype import compute_dtype
 from seqmodels.kernels.attention import WindowCache, attention, attention_step
-from seqmodels.layers.attention import SoftmaxAttention
-from seqmodels.layers.base import Mixer
-from seqmodels.layers.normalized_gla import normalized_gla, normalized_gla_step, zero_state
 from seqmodels.layers.registry import register_mixer
+from seqmodels.modules.hedgehog_window import HedgehogWindowBase
+from seqmodels.modules.normalized_gla import normalized_gla, normalized_gla_step, zero_state
+from seqmodels.modules.options import check_int_option
 
 GLOBAL_FORMS = ("gla", "folded")
 EPS = 1e-12  # guards the global normalizer (≥ φ_q(q_i)·φ_k(k_i) > 0, so eps only matters on underflow)
@@ -58,11 +57,9 @@ class LizardOptions:
     o_bias: bool = False
 
     def __post_init__(self):
-        check_positive_int("window", self.window)
-        if not isinstance(self.n_meta, int) or isinstance(self.n_meta, bool) or self.n_meta < 0:
-            raise ValueError(f"n_meta must be a non-negative integer, got {self.n_meta!r}")
-        if self.feature_dim is not None:
-            check_positive_int("feature_dim", self.feature_dim)
+        check_int_option("lizard", "window", self.window)
+        check_int_option("lizard", "n_meta", self.n_meta, minimum=0)
+        check_int_option("lizard", "feature_dim", self.feature_dim, optional=True)
         if self.global_form not in GLOBAL_FORMS:
             raise ValueError(f"global_form must be one of {list(GLOBAL_FORMS)}, got {self.global_form!r}")
 
@@ -77,73 +74,6 @@ def hedgehog_exp(u: torch.Tensor) -> torch.Tensor:
     """Lizard's map: exp([u, −u] − max) over the last dim, u [..., F] -> [..., 2F]."""
     z = torch.cat([u, -u], dim=-1)
     return torch.exp(z - z.amax(dim=-1, keepdim=True))
-
-
-class HedgehogWindowBase(Mixer):
-    """Projections (attention-compatible names), per-head feature maps W_q, W_k [H, Dk, F], from_attention."""
-
-    def __init__(self, cfg, layer_idx: int):
-        super().__init__(cfg, layer_idx)
-        opts = self.options
-        self.n_heads, self.n_kv_heads, self.dk, self.dv = cfg.n_heads, cfg.kv_heads, cfg.dk, cfg.dv
-        self.feature_dim = opts.feature_dim or cfg.dk
-        self.q_proj = nn.Linear(cfg.d_model, self.n_heads * self.dk, bias=opts.qkv_bias)
-        self.k_proj = nn.Linear(cfg.d_model, self.n_kv_heads * self.dk, bias=opts.qkv_bias)
-        self.v_proj = nn.Linear(cfg.d_model, self.n_kv_heads * self.dv, bias=opts.qkv_bias)
-        self.o_proj = nn.Linear(self.n_heads * self.dv, cfg.d_model, bias=opts.o_bias)
-        self.feature_q = nn.Parameter(torch.empty(self.n_heads, self.dk, self.feature_dim))
-        self.feature_k = nn.Parameter(torch.empty(self.n_heads, self.dk, self.feature_dim))
-
-    def init_weights(self) -> None:
-        """Feature maps start at the identity: W_h = I [Dk, F] (rectangular eye when F != Dk)."""
-        eye = torch.eye(self.dk, self.feature_dim, dtype=self.feature_q.dtype, device=self.feature_q.device)
-        with torch.no_grad():
-            self.feature_q.copy_(eye.expand_as(self.feature_q))
-            self.feature_k.copy_(eye.expand_as(self.feature_k))
-
-    @property
-    def group(self) -> int:
-        return self.n_heads // self.n_kv_heads
-
-    def project(self, x: torch.Tensor):
-        """q [B,T,H,Dk], k [B,T,Hkv,Dk], v [B,T,Hkv,Dv] (no rotary positions)."""
-        B, T, _ = x.shape
-        return (self.q_proj(x).view(B, T, self.n_heads, self.dk), self.k_proj(x).view(B, T, self.n_kv_heads, self.dk),
-                self.v_proj(x).view(B, T, self.n_kv_heads, self.dv))
-
-    def expand_kv(self, t: torch.Tensor) -> torch.Tensor:
-        """[..., Hkv, D] -> [..., H, D] (query head h reads kv head h // group)."""
-        return t.repeat_interleave(self.group, dim=-2) if self.group > 1 else t
-
-    def feature_logits(self, q: torch.Tensor, k: torch.Tensor):
-        """u_q = q W_q, u_k = k W_k per query head: q [..., H, Dk], k [..., Hkv, Dk] -> [..., H, F] each."""
-        return torch.einsum("...hd,hdf->...hf", q, self.feature_q), torch.einsum("...hd,hdf->...hf", self.expand_kv(k), self.feature_k)
-
-    def new_window_cache(self, batch_size, device, dtype) -> WindowCache:
-        w = self.options.window
-        return WindowCache(torch.zeros(batch_size, w, self.n_kv_heads, self.dk, device=device, dtype=dtype),
-                           torch.zeros(batch_size, w, self.n_kv_heads, self.dv, device=device, dtype=dtype), 0)
-
-    @classmethod
-    def from_attention(cls, attn: SoftmaxAttention, **options) -> "HedgehogWindowBase":
-        """A mixer of this family with `attn`'s q/k/v/o weights (and biases) copied; every new parameter gets
-        `init_weights()`'s init. `options` override this family's Options (window, n_meta, ...). The teacher's
-        rotary positions are dropped (Lizard and LoLCATs use none). Same device and dtype as `attn`."""
-        if not isinstance(attn, SoftmaxAttention):
-            raise ValueError(f"from_attention needs a SoftmaxAttention module (mixer 'attention'), got {type(attn).__name__}")
-        teacher = attn.options
-        options = {"qkv_bias": teacher.qkv_bias, "o_bias": teacher.o_bias, **options}
-        cfg = dataclasses.replace(attn.cfg, mixer=cls.mixer_name, layers=None, mixer_options={cls.mixer_name: options})
-        weight = attn.q_proj.weight
-        mixer = cls(cfg, attn.layer_idx).to(device=weight.device, dtype=weight.dtype)
-        mixer.init_weights()
-        with torch.no_grad():
-            for name in ("q_proj", "k_proj", "v_proj", "o_proj"):
-                src, dst = getattr(attn, name), getattr(mixer, name)
-                dst.weight.copy_(src.weight)
-                if src.bias is not None:
-                    dst.bias.copy_(src.bias)
-        return mixer
 
 
 @register_mixer("lizard")
@@ -194,7 +124,7 @@ class LizardAttention(HedgehogWindowBase):
                                          backend=self.cfg.kernel_backend)
         if not self.linear_branch_enabled:
             y_global = torch.zeros_like(y_global)
-        offset, first = (state.window.seen, 0) if state is not None else (0, 0)
+        offset, first = (state.window.seen_tokens, 0) if state is not None else (0, 0)
         if state is not None and offset > 0:  # cached keys/values of positions first..offset-1
             k_past, v_past, first = state.window.ordered()
             k, v = torch.cat([k_past, k], dim=1), torch.cat([v_past, v], dim=1)
@@ -212,7 +142,7 @@ class LizardAttention(HedgehogWindowBase):
         y_global, S = normalized_gla_step(phi_q, phi_k, v_h, state.global_state, EPS, log_decay_k=log_gate)
         if not self.linear_branch_enabled:
             y_global = torch.zeros_like(y_global)
-        cache = WindowCache(state.window.key.clone(), state.window.value.clone(), state.window.seen)
+        cache = WindowCache(state.window.key.clone(), state.window.value.clone(), state.window.seen_tokens)
         y_local, cache = attention_step(q, k, v, cache, sink_logits=self._sinks())
         y = self.o_proj((y_global.to(x_t.dtype) + self.alpha[:, None] * y_local).reshape(x_t.shape[0], -1))
         return y, LizardState(S, cache)
@@ -223,7 +153,7 @@ def folded_global(phi_q, phi_k, v, log_gate, initial_state, block: int):
     initial_state None | [B,H,2F,Dv+1] -> (ŷ_g [B,T,H,Dv], final state [B,H,2F,Dv+1]). Query blocks of
     `block` rows, each one masked matmul over all keys up to its end with the gate folded into the features."""
     B, T, H, F2 = phi_q.shape
-    work = torch.float64 if phi_q.dtype == torch.float64 else torch.float32
+    work = compute_dtype(phi_q.dtype)
     phi_q, phi_k, log_gate = phi_q.to(work), phi_k.to(work), log_gate.to(work)
     v1 = torch.cat([v, v.new_ones(*v.shape[:-1], 1)], dim=-1).to(work)  # [B, T, H, Dv+1]
     c = log_gate.cumsum(dim=1)  # c_i = Σ_{l<=i} log Γ_l  [B, T, H]

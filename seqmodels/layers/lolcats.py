@@ -16,7 +16,7 @@ that left the window (values + normalizer column) and a WindowCache ring buffer 
 keys/values — constant in T; a key is folded into S when its ring slot is overwritten.
 Registered as its own mixer `lolcats` (LoLCATs has no gate, no meta logits and a shared normalizer,
 so it is not a switch on Lizard); projections, feature maps and `from_attention` come from
-lizard.HedgehogWindowBase.
+seqmodels/modules/hedgehog_window.py (shared with Lizard).
 """
 from __future__ import annotations
 
@@ -27,11 +27,12 @@ from typing import Optional
 import torch
 from torch import nn
 
-from seqmodels.kernels._validate import check_positive_int
+from seqmodels.kernels._dtype import compute_dtype
 from seqmodels.kernels.attention import WindowCache
-from seqmodels.layers.lizard import HedgehogWindowBase
-from seqmodels.layers.normalized_gla import state_dtype, zero_state
 from seqmodels.layers.registry import register_mixer
+from seqmodels.modules.hedgehog_window import HedgehogWindowBase
+from seqmodels.modules.normalized_gla import zero_state
+from seqmodels.modules.options import check_int_option
 
 
 @dataclass
@@ -43,9 +44,8 @@ class LolcatsOptions:
     o_bias: bool = False
 
     def __post_init__(self):
-        check_positive_int("window", self.window)
-        if self.feature_dim is not None:
-            check_positive_int("feature_dim", self.feature_dim)
+        check_int_option("lolcats", "window", self.window)
+        check_int_option("lolcats", "feature_dim", self.feature_dim, optional=True)
         f = self.window_factor_init
         if not isinstance(f, (int, float)) or isinstance(f, bool) or not 0 < f < 1:
             raise ValueError(f"window_factor_init must be a number in (0, 1), got {f!r}")
@@ -108,7 +108,7 @@ class LolcatsAttention(HedgehogWindowBase):
         B, T, _ = x.shape
         w = self.options.window
         q, k, v = self.project(x)
-        offset, first = (state.window.seen, 0) if state is not None else (0, 0)
+        offset, first = (state.window.seen_tokens, 0) if state is not None else (0, 0)
         if state is not None and offset > 0:  # cached keys/values of positions first..offset-1
             k_past, v_past, first = state.window.ordered()
             k, v = torch.cat([k_past, k], dim=1), torch.cat([v_past, v], dim=1)
@@ -128,7 +128,7 @@ class LolcatsAttention(HedgehogWindowBase):
             return y, None
         leaving = (pos_k[0] <= offset + T - 1 - w).to(phi_k.dtype)  # keys out of the window after the last token
         S = torch.einsum("bshf,bshd->bhfd", phi_k * leaving[None, :, None, None], v1)
-        S = S.to(state_dtype(x.dtype))
+        S = S.to(compute_dtype(x.dtype))
         if S0 is not None:
             S = S + S0
         return y, LolcatsState(S, WindowCache.from_prefill(k, v, w, k_offset=first))
@@ -138,9 +138,9 @@ class LolcatsAttention(HedgehogWindowBase):
         w = self.options.window
         q, k, v = (t[:, 0] for t in self.project(x_t[:, None]))
         S = state.linear_state
-        cache = WindowCache(state.window.key.clone(), state.window.value.clone(), state.window.seen)
-        if cache.seen >= w:  # the key at position seen - w leaves the window: fold it into S
-            slot = (cache.seen - w) % w
+        cache = WindowCache(state.window.key.clone(), state.window.value.clone(), state.window.seen_tokens)
+        if cache.seen_tokens >= w:  # the key at position seen_tokens - w leaves the window: fold it into S
+            slot = (cache.seen_tokens - w) % w
             k_old, v_old = cache.key[:, slot], self.expand_kv(cache.value[:, slot])
             _, phi_old = self._features(q, k_old)
             v1_old = torch.cat([v_old, v_old.new_ones(B, self.n_heads, 1)], dim=-1)

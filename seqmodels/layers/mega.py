@@ -46,11 +46,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from seqmodels.kernels._dtype import compute_dtype
 from seqmodels.kernels.attention import ChunkCache, KVCache, attention
 from seqmodels.kernels.ema import ema, ema_step
 from seqmodels.layers.base import Mixer
 from seqmodels.layers.registry import register_mixer
-from seqmodels.norm import build_norm
+from seqmodels.modules.norm import build_norm
+from seqmodels.modules.options import check_int_option
 
 ATTENTION_FUNCTIONS = ("softmax", "laplace")
 REL_POS_BIASES = ("simple", "rotary")
@@ -75,15 +77,15 @@ class MegaState:
     attn: Union[ChunkCache, KVCache]  # key [B, L, 1, z_dim], value [B, L, 1, v_dim]
 
     @property
-    def seen(self) -> int:
-        """Tokens consumed so far."""
-        return self.attn.seen if isinstance(self.attn, ChunkCache) else self.attn.length
+    def seen_tokens(self) -> int:
+        """Tokens consumed so far (both caches count them)."""
+        return self.attn.seen_tokens
 
 
 def _copy_cache(cache):
     """A cache that appends without touching `cache` (ChunkCache writes its slots in place)."""
     if isinstance(cache, ChunkCache):
-        return ChunkCache(cache.key.clone(), cache.value.clone(), cache.seen)
+        return ChunkCache(cache.key.clone(), cache.value.clone(), cache.seen_tokens)
     return cache  # KVCache.append returns a new cache
 
 
@@ -151,12 +153,9 @@ class Mega(Mixer):
     @staticmethod
     def check_config(cfg, options) -> None:
         for name in ("ema_dim", "z_dim", "v_dim", "attention_chunk"):
-            value = getattr(options, name)
-            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
-                raise ValueError(f"mixer_options.mega.{name} must be a positive integer (or null), got {value!r}")
+            check_int_option("mega", name, getattr(options, name), optional=True)
         hidden = options.nffn_hidden
-        if hidden is not None and (not isinstance(hidden, int) or isinstance(hidden, bool) or hidden < 0):
-            raise ValueError(f"mixer_options.mega.nffn_hidden must be an integer >= 0 (or null), got {hidden!r}")
+        check_int_option("mega", "nffn_hidden", hidden, minimum=0, optional=True)
         if options.rel_pos_bias not in REL_POS_BIASES:
             raise ValueError(f"mixer_options.mega.rel_pos_bias={options.rel_pos_bias!r} is not one of {list(REL_POS_BIASES)}")
         z_dim = options.z_dim or max(1, cfg.d_model // 2)
@@ -187,9 +186,6 @@ class Mega(Mixer):
                     nn.init.normal_(getattr(self, name), 0.0, 0.02)
 
     # ------------------------------------------------------------ pieces
-    def _work_dtype(self, dtype):
-        return torch.float64 if dtype == torch.float64 else torch.float32
-
     def _ema_params(self, work):
         """(p, log q, β, γ) [d, h] in the work dtype; log q = log1p(−p a) <= 0."""
         p = torch.sigmoid(self.ema_delta.to(work))
@@ -243,11 +239,11 @@ class Mega(Mixer):
         weights = laplace(q @ k.transpose(1, 2) / visible_keys + bias) * (lag >= 0)
         return weights @ v
 
-    def _step_attend(self, q_t, cache, seen: int):
-        """q_t [B, z] at position seen - 1 over the cache's valid slots (its key already appended) -> [B, v]."""
+    def _step_attend(self, q_t, cache, seen_tokens: int):
+        """q_t [B, z] at position seen_tokens - 1 over the cache's valid slots (its key already appended) -> [B, v]."""
         positions = cache.positions()  # [L], -1 = empty slot
         valid = positions >= 0
-        lag = (seen - 1) - positions
+        lag = (seen_tokens - 1) - positions
         span = int(lag[valid].max()) + 1  # < c in Mega-chunk
         bias = self._bias_by_offset(span, q_t.dtype)[lag.clamp(0, span - 1)]
         scores = torch.einsum("bz,blz->bl", q_t, cache.key[:, :, 0])
@@ -259,7 +255,7 @@ class Mega(Mixer):
 
     # ----------------------------------------------------------- contract
     def init_state(self, batch_size, device=None, dtype=None) -> MegaState:
-        work = self._work_dtype(dtype)
+        work = compute_dtype(dtype)
         h = torch.zeros(batch_size, self.cfg.d_model, self.options.ema_dim, device=device, dtype=work)
         slots = self.chunk or 0
         k = torch.zeros(batch_size, slots, 1, self.z_dim, device=device, dtype=dtype)
@@ -268,17 +264,17 @@ class Mega(Mixer):
 
     def forward(self, x, state: Optional[MegaState] = None, return_state: bool = False):
         batch, time, _ = x.shape
-        seen = 0 if state is None else state.seen
-        self._check_positions(seen + time)
+        seen_tokens = 0 if state is None else state.seen_tokens
+        self._check_positions(seen_tokens + time)
         x_norm = self.norm(x)
         value = F.silu(self.v_proj(x_norm))
-        work = self._work_dtype(x.dtype)
+        work = compute_dtype(x.dtype)
         ema_y, h = ema(x_norm.to(work), *self._ema_params(work), initial_state=None if state is None else state.ema,
                        output_final_state=return_state, chunk_size=self.cfg.chunk_size, backend=self.ema_backend)
         u, q, k, r, h_hat = self._gates(x_norm, ema_y)
 
         # keys/values of the current (partial) chunk, or all past keys in full attention
-        carried = 0 if state is None else (seen % self.chunk if self.chunk else seen)
+        carried = 0 if state is None else (seen_tokens % self.chunk if self.chunk else seen_tokens)
         if carried:
             k_prev, v_prev, _ = state.attn.ordered()
             k = torch.cat([k_prev[:, -carried:, 0], k], 1)
@@ -298,7 +294,7 @@ class Mega(Mixer):
         y = self._output(x, u, r, attn_out, h_hat)
         if not return_state:
             return y, None
-        first = seen - carried  # absolute position of k[:, 0]
+        first = seen_tokens - carried  # absolute position of k[:, 0]
         k_cache, v_cache = k[:, :, None], value[:, :, None]
         if self.chunk:
             cache = ChunkCache.from_prefill(k_cache, v_cache, self.chunk, k_offset=first)
@@ -307,14 +303,14 @@ class Mega(Mixer):
         return y, MegaState(h, cache)
 
     def step(self, x_t, state: MegaState):
-        seen = state.seen + 1
-        self._check_positions(seen)
+        seen_tokens = state.seen_tokens + 1
+        self._check_positions(seen_tokens)
         x_norm = self.norm(x_t)
         value = F.silu(self.v_proj(x_norm))
-        work = self._work_dtype(x_t.dtype)
+        work = compute_dtype(x_t.dtype)
         ema_y, h = ema_step(x_norm.to(work), *self._ema_params(work), state=state.ema)
         u, q, k, r, h_hat = self._gates(x_norm, ema_y)
         cache = _copy_cache(state.attn)  # the caller's state stays valid (e.g. to branch decoding)
         cache = cache.append(k[:, None, None], value[:, None, None])
-        attn_out = self._step_attend(q, cache, seen)
+        attn_out = self._step_attend(q, cache, seen_tokens)
         return self._output(x_t, u, r, attn_out, h_hat), MegaState(h, cache)

@@ -5,7 +5,7 @@ Per head h (0-based) with a fixed decay γ_h = 1 - 2^{-5-h} (§2.2, "multi-scale
     S_t = γ_h S_{t-1} + k_t v_tᵀ ,   o_t = S_tᵀ q_t                       (Eq. 6, recurrent form)
 
 q_t, k_t carry the rotary phase e^{i n θ} of Eq. 5 (xPos-free: we use the rotate-half rotary of
-seqmodels/layers/rope.py) and k is scaled by Dk^{-1/2} (passed to `gla` as `scale`). Eq. 7's
+seqmodels/modules/rope.py) and k is scaled by Dk^{-1/2} (passed to `gla` as `scale`). Eq. 7's
 chunkwise form is the chunked `gla` with a constant per-head log-decay ln γ_h given as [B, T, H]
 (an expanded view, no copy). The multi-scale block (Eq. 8):
 
@@ -28,10 +28,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from seqmodels.layers.gla_base import GLAMixer, GLAState, run_gla, step_gla
 from seqmodels.layers.registry import register_mixer
-from seqmodels.layers.rope import apply_rope, rope_cos_sin
-from seqmodels.norm import RMSNorm
+from seqmodels.modules.gla_base import GLAMixer, GLAState, gla_layer, gla_layer_step
+from seqmodels.modules.norm import RMSNorm
+from seqmodels.modules.rope import apply_rope, rope_cos_sin
 
 HEAD_NORMS = ("rmsnorm", "groupnorm")
 
@@ -98,15 +98,15 @@ class MultiScaleRetention(GLAMixer):
 
     def forward(self, x, state: GLAState | None = None, return_state: bool = False):
         batch, time, _ = x.shape
-        offset = 0 if state is None else state.position
+        offset = 0 if state is None else state.seen_tokens
         q, k, v = self.project(x, offset)
         log_decay = self.log_decay(x)[None, None, :].expand(batch, time, self.n_heads)
-        o, kv = run_gla(self.cfg, q, k, v, log_decay, self.scale, None if state is None else state.kv, return_state)
+        o, kv = gla_layer(self.cfg, q, k, v, log_decay, self.scale, None if state is None else state.kv, return_state)
         new_state = GLAState(kv, offset + time) if return_state else None
         return self.output(o, x), new_state
 
     def step(self, x_t, state: GLAState):
-        q, k, v = self.project(x_t[:, None], state.position)
+        q, k, v = self.project(x_t[:, None], state.seen_tokens)
         log_decay = self.log_decay(x_t)[None, :].expand(x_t.shape[0], self.n_heads)
-        o_t, state = step_gla(q[:, 0], k[:, 0], v[:, 0], log_decay, self.scale, state)
+        o_t, state = gla_layer_step(q[:, 0], k[:, 0], v[:, 0], log_decay, self.scale, state)
         return self.output(o_t, x_t), state

@@ -20,6 +20,7 @@ import torch
 from seqmodels.kernels.attention import WindowCache, attention, attention_step
 from seqmodels.layers.attention import AttentionOptions, SoftmaxAttention, attention_backend
 from seqmodels.layers.registry import register_mixer
+from seqmodels.modules.options import check_int_option
 
 
 @dataclass
@@ -27,9 +28,7 @@ class SlidingWindowOptions(AttentionOptions):
     window: int = 64
 
     def __post_init__(self):
-        w = self.window
-        if not isinstance(w, int) or isinstance(w, bool) or w <= 0:
-            raise ValueError(f"mixer_options.sliding_window.window must be a positive integer (tokens seen per query), got {w!r}")
+        check_int_option("sliding_window", "window", self.window)  # tokens seen per query
 
 
 @register_mixer("sliding_window")
@@ -46,7 +45,7 @@ class SlidingWindowAttention(SoftmaxAttention):
 
     def forward(self, x, state: WindowCache | None = None, return_state: bool = False):
         batch, time, _ = x.shape
-        offset = state.seen if state is not None else 0
+        offset = state.seen_tokens if state is not None else 0
         q, k, v = self.project(x, offset)
         first = 0
         if state is not None and offset > 0:  # prepend the cached keys/values (positions first..offset-1)
@@ -60,7 +59,7 @@ class SlidingWindowAttention(SoftmaxAttention):
         return y, WindowCache.from_prefill(k, v, self.window, k_offset=first)
 
     def step(self, x_t, state: WindowCache):
-        q, k, v = self.project(x_t[:, None], state.seen)
-        cache = WindowCache(state.key.clone(), state.value.clone(), state.seen)
+        q, k, v = self.project(x_t[:, None], state.seen_tokens)
+        cache = WindowCache(state.key.clone(), state.value.clone(), state.seen_tokens)
         out, cache = attention_step(q[:, 0], k[:, 0], v[:, 0], cache, scale=self.head_dim ** -0.5)
         return self.o_proj(out.reshape(x_t.shape[0], -1)), cache

@@ -27,10 +27,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from seqmodels.layers.gla import expanded_head_dims
-from seqmodels.layers.gla_base import GLAMixer, run_gla
 from seqmodels.layers.registry import register_mixer
-from seqmodels.norm import RMSNorm
+from seqmodels.modules.gla_base import GLAMixer, expanded_head_dims, gla_layer
+from seqmodels.modules.norm import RMSNorm
+from seqmodels.modules.options import check_int_option
 
 
 @dataclass
@@ -53,8 +53,7 @@ class ViGOptions:
             raise ValueError(f"mixer_options.vig.expand_v must be 1 (o and the local branch L share channels), got {self.expand_v}")
         if self.expand_k <= 0 or self.gate_normalizer <= 0:
             raise ValueError(f"mixer_options.vig: expand_k and gate_normalizer must be > 0, got {self.expand_k}, {self.gate_normalizer}")
-        if not isinstance(self.gate_rank, int) or self.gate_rank < 1:
-            raise ValueError(f"mixer_options.vig.gate_rank must be a positive integer, got {self.gate_rank!r}")
+        check_int_option("vig", "gate_rank", self.gate_rank)
 
 
 @register_mixer("vig")
@@ -124,6 +123,6 @@ class BidirectionalGLA(GLAMixer):
             raise ValueError("vig is bidirectional: it has no recurrent state (use head: classify)")
         local = self.locality(x)
         q, k, v, forward_gate, backward_gate = self.project(local)
-        o_forward, _ = run_gla(self.cfg, q, k, v, forward_gate, self.scale, None, False)
-        o_backward, _ = run_gla(self.cfg, q, k, v, backward_gate, self.scale, None, False, reverse=True)
+        o_forward, _ = gla_layer(self.cfg, q, k, v, forward_gate, self.scale, None, False)
+        o_backward, _ = gla_layer(self.cfg, q, k, v, backward_gate, self.scale, None, False, reverse=True)
         return self.output((o_forward + o_backward) / 2, local), None

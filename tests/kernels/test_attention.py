@@ -175,12 +175,12 @@ def test_multi_token_append_equals_token_appends():
         a = a.append(k[:, :2], v[:, :2]).append(k[:, 2:], v[:, 2:])  # 9 tokens at once: more than the buffer
         for t in range(11):
             b = b.append(k[:, t : t + 1], v[:, t : t + 1])
-        assert a.seen == b.seen == 11
+        assert a.seen_tokens == b.seen_tokens == 11
         assert a.positions().tolist() == b.positions().tolist()
         valid = a.positions() >= 0
         assert torch.equal(a.key[:, valid], b.key[:, valid]) and torch.equal(a.value[:, valid], b.value[:, valid])
     full = KVCache.from_prefill(k[:, :3], v[:, :3]).append(k[:, 3:], v[:, 3:])
-    assert torch.equal(full.key, k) and full.length == 11
+    assert torch.equal(full.key, k) and full.seen_tokens == 11
 
 
 def test_window_state_constant_in_T():

@@ -32,10 +32,10 @@ def _inputs(B=2, T=11, H=3, Dk=5, Dv=3, dtype=torch.float64, seed=0, strong=True
     return q, k, v, theta, log_eta, log_retain
 
 
-def _state(B=2, H=3, Dk=5, Dv=3, dtype=torch.float64, seed=1, position=0):
+def _state(B=2, H=3, Dk=5, Dv=3, dtype=torch.float64, seed=1, seen_in_chunk=0):
     g = torch.Generator().manual_seed(seed)
     M, S, Ms = (torch.randn(B, H, Dk, Dv, generator=g, dtype=dtype) * 0.3 for _ in range(3))
-    return NeuralMemoryState(M, S, Ms if position else M, position)
+    return NeuralMemoryState(M, S, Ms if seen_in_chunk else M, seen_in_chunk)
 
 
 def _steps(inputs, state, b):
@@ -47,7 +47,7 @@ def _steps(inputs, state, b):
 
 
 def _assert_state(a, b, tol, what):
-    assert a.position == b.position, what
+    assert a.seen_in_chunk == b.seen_in_chunk, what
     for f in ("memory", "momentum", "chunk_start_memory"):
         assert_rel_close(getattr(a, f), getattr(b, f), tol, f"{what} {f}")
 
@@ -114,10 +114,10 @@ def test_chunked_equals_sequential_equals_steps(b, with_state, strong):
 def test_continuation_mid_chunk(split):
     """Prefill of `split` tokens then continuation (chunked or steps) == one pass, b = 4 (split mid-batch)."""
     inputs = _inputs(T=13)
-    st = _state(position=3)  # even the start is mid-batch: 3 tokens of the first mini-batch already seen
+    st = _state(seen_in_chunk=3)  # even the start is mid-batch: 3 tokens of the first mini-batch already seen
     y_full, s_full = neural_memory(*inputs, chunk_size=4, initial_state=st, output_final_state=True)
     y1, s1 = neural_memory(*(x[:, :split] for x in inputs), chunk_size=4, initial_state=st, output_final_state=True)
-    assert s1.position == (3 + split) % 4
+    assert s1.seen_in_chunk == (3 + split) % 4
     y2, s2 = neural_memory(*(x[:, split:] for x in inputs), chunk_size=4, initial_state=s1, output_final_state=True)
     assert_rel_close(torch.cat([y1, y2], 1), y_full, TOL64, "chunked continuation")
     _assert_state(s2, s_full, TOL64, "continuation state")
@@ -129,7 +129,7 @@ def test_continuation_mid_chunk(split):
 
 def test_gradients_chunked_vs_sequential():
     base = _inputs(T=9, B=1, H=2)
-    st = _state(B=1, H=2, position=1)
+    st = _state(B=1, H=2, seen_in_chunk=1)
     grads = {}
     for backend in ("naive", "torch"):
         leaves = [t.clone().requires_grad_() for t in base]
@@ -174,8 +174,8 @@ def test_bad_inputs():
         neural_memory(q, k, v.float(), theta, log_eta, log_retain)
     with pytest.raises(ValueError, match="initial_state has shape"):
         neural_memory(q, k, v, theta, log_eta, log_retain, initial_state=torch.zeros(2, 3, 5, 4, dtype=q.dtype))
-    with pytest.raises(ValueError, match="initial_state.position"):
-        neural_memory(q, k, v, theta, log_eta, log_retain, chunk_size=4, initial_state=_state(position=4))
+    with pytest.raises(ValueError, match="initial_state.seen_in_chunk"):
+        neural_memory(q, k, v, theta, log_eta, log_retain, chunk_size=4, initial_state=_state(seen_in_chunk=4))
     with pytest.raises(ValueError, match="NeuralMemoryState"):
         neural_memory(q, k, v, theta, log_eta, log_retain, initial_state={"memory": 0})
     with pytest.raises(ValueError, match="backend"):
@@ -222,7 +222,7 @@ def test_mlp_step_loop_equals_autograd_reference(b):
     y_ref, s_ref = mlp_memory(*inputs, initial_state=weights, chunk_size=b, output_final_state=True, backend="naive")
     y, s = mlp_memory(*inputs, initial_state=weights, chunk_size=b, output_final_state=True)
     assert_rel_close(y, y_ref, TOL64, "MLP torch.func vs autograd")
-    assert s.position == s_ref.position == 8 % b
+    assert s.seen_in_chunk == s_ref.seen_in_chunk == 8 % b
     for f in ("memory", "momentum", "chunk_start_memory"):
         for a, r in zip(getattr(s, f), getattr(s_ref, f)):
             assert_rel_close(a, r, TOL64, f"MLP state {f}")
@@ -257,7 +257,7 @@ def test_mlp_bad_inputs():
         mlp_memory(q, k, v, theta, log_eta, log_retain, initial_state=W1)
     with pytest.raises(ValueError, match="2 weights"):
         mlp_memory(q, k, v, theta, log_eta, log_retain, initial_state=(W1,))
-    with pytest.raises(ValueError, match="state.position"):
+    with pytest.raises(ValueError, match="state.seen_in_chunk"):
         mlp_memory_step(q[:, 0], k[:, 0], v[:, 0], theta[:, 0], log_eta[:, 0], log_retain[:, 0],
                         state=MLPMemoryState((W1, W2), (W1, W2), (W1, W2), 5), chunk_size=2)
     with pytest.raises(ValueError, match="theta_t must be >= 0"):

@@ -134,7 +134,7 @@ def test_strong_parameters_decode_across_chunk_boundaries(attention):
     layer = strong(build_mixer(cfg))
     x = torch.randn(2, 27, cfg.d_model, dtype=torch.float64)
     state = check_step_matches_forward(layer, x, TOL64)
-    assert int((state.attn.positions() >= 0).sum()) == 2 and state.seen == 27
+    assert int((state.attn.positions() >= 0).sum()) == 2 and state.seen_tokens == 27
     assert state.attn.key.shape[1] == 5  # c slots, whatever T
 
 
@@ -148,7 +148,7 @@ def test_step_leaves_input_state_untouched_and_float32(chunk):
         _, state = layer(x[:, :6], return_state=True)
         a, _ = layer.step(x[:, 6], state)
         b, _ = layer.step(x[:, 6], state)
-    assert torch.equal(a, b) and state.seen == 6
+    assert torch.equal(a, b) and state.seen_tokens == 6
     check_step_matches_forward(layer.float(), torch.randn(2, 21, 10), tol=1e-5)
 
 

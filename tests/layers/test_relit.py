@@ -1,5 +1,5 @@
 """ReLiT and AReLiT (arXiv 2310.15719, docs/architecture.md §5.11 separable decay): the five mixer invariants
-(also with strong gates; AReLiT's tick travels with the state), each layer against a token loop
+(also with strong gates; AReLiT's token count travels with the state), each layer against a token loop
 of its recurrence written here from the equations (ReLiT: C_t, s_t, o_t; AReLiT: the r
 cosine-modulated traces), the stable log(1-γ), SeqLMs that learn, greedy generate, config
 errors. float64, tolerance 1e-10."""
@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from seqmodels import ModelConfig, SeqLM
-from seqmodels.layers.relit import log1mexp
+from seqmodels.modules.relit_base import log1mexp
 from seqmodels.testing import (
     assert_rel_close,
     build_mixer,
@@ -148,7 +148,7 @@ def test_arelit_mixer_contract(r):
     mixer = check_mixer_contract(arelit_cfg(r=r))
     x = torch.randn(1, 37, 30, dtype=torch.float64)
     with torch.no_grad():
-        assert mixer(x, return_state=True)[1].tick == 37
+        assert mixer(x, return_state=True)[1].seen_tokens == 37
 
 
 def arelit_token_loop_reference(mixer, x, r, eps=1e-5):

@@ -76,7 +76,7 @@ def test_recurrent_state_is_retention_sum():
     powers = torch.arange(20, -1, -1, dtype=torch.float64)[:, None] * retention_log_decay(cfg.n_heads)[None]
     expected = torch.einsum("th,bthi,bthj->bhij", powers.exp(), k, v)
     assert_rel_close(state.kv, expected, TOL64, "final state")
-    assert state.position == 21
+    assert state.seen_tokens == 21
 
 
 def test_bad_config():

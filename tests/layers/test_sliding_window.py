@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from seqmodels import ModelConfig
-from seqmodels.layers.rope import apply_rope, rope_cos_sin
+from seqmodels.modules.rope import apply_rope, rope_cos_sin
 from seqmodels.testing import (
     assert_rel_close,
     build_mixer,

@@ -1,7 +1,7 @@
 """Titans memory as a layer (LMM, arXiv 2501.00663 §3, §4.4; docs/architecture.md §5.8) and MAL (Eqs. 29-31, the hybrid
 [titans_memory, sliding_window]): the five mixer invariants (naive backend = the sequential token loop with
 gradients at the mini-batch-start weights, torch backend = the chunked mini-batch form, step = the recurrent
-(M, S, M_t', position) step), the layer's memory read against the update rule written out here (b = 1: the
+(M, S, M_t', seen_in_chunk) step), the layer's memory read against the update rule written out here (b = 1: the
 token rule; b = 5: gradients at the chunk start, persistent tokens included), a SeqLM that learns, greedy
 generate, presets, config errors. float64, tolerance 1e-10."""
 import pytest
@@ -76,7 +76,7 @@ def test_persistent_tokens_are_the_initial_state():
     x = torch.randn(2, 9, 36, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
     with torch.no_grad():
         state = mixer.init_state(2, None, torch.float64)
-        assert state.memory.position == 3 and state.memory.memory.abs().max() > 0
+        assert state.memory.seen_in_chunk == 3 and state.memory.memory.abs().max() > 0
         assert_rel_close(mixer(x, state=state)[0], mixer(x)[0], TOL64, "forward vs forward from init_state")
         empty = mixer.memory.empty_state(2, None, torch.float64)
         assert rel_err(mixer(x, state=empty)[0], mixer(x)[0]) > 1e-3
@@ -116,7 +116,7 @@ def test_presets_load(preset):
 
 @pytest.mark.parametrize("options, message", [
     ({"memory_chunk_size": 0}, "memory_chunk_size must be a positive integer"),
-    ({"conv_size": 9}, "conv_size must be <= 8"),
+    ({"conv_size": 9}, r"mixer_options.titans_memory.conv_size must be an integer in \[1, 8\]"),
     ({"n_persistent": -1}, "n_persistent must be a non-negative integer"),
     ({"max_lr": 0}, "max_lr must be a number > 0"),
     ({"memory": "deep"}, "memory must be one of"),

@@ -25,7 +25,7 @@ def test_forward_equals_token_by_token_step(n_kv_heads):
         logits, state = model.step(ids[:, t], state)
         stepped.append(logits)
     assert_rel_close(torch.stack(stepped, 1), full, TOL64, "step vs forward")
-    assert state.seen_tokens == 11 and state.layers[0].length == 11
+    assert state.seen_tokens == 11 and state.layers[0].seen_tokens == 11
 
 
 def test_prefill_then_continuation():

@@ -13,12 +13,8 @@ from typing import Optional
 
 import torch
 
+from seqmodels.kernels._dtype import compute_dtype
 from seqmodels.kernels.gla import gla, gla_step
-
-
-def state_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Recurrent states accumulate in float32 (float64 when the model runs in float64)."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def _with_ones(v: torch.Tensor, log_decay_v: Optional[torch.Tensor]):
@@ -60,4 +56,4 @@ def normalized_gla_step(q, k, v, state, eps: float, log_decay_k=None, log_decay_
 
 def zero_state(batch_size: int, heads: int, dk: int, dv: int, device, dtype) -> torch.Tensor:
     """The empty normalized state [B, H, Dk, Dv + 1]."""
-    return torch.zeros(batch_size, heads, dk, dv + 1, device=device, dtype=state_dtype(dtype or torch.float32))
+    return torch.zeros(batch_size, heads, dk, dv + 1, device=device, dtype=compute_dtype(dtype or torch.float32))

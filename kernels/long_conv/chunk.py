@@ -1,4 +1,5 @@
-"""Training / prefill form of the causal long convolution: FFT with zero padding so nothing wraps.
+"""Training / prefill form of the causal long convolution (any chunk of a sequence, continued from the
+previous chunk's tail): FFT with zero padding so nothing wraps.
 
 With the cached tail prepended (N = L-1+T inputs), the FFT length n >= N + L - 1 (next power of
 two) makes the circular convolution equal the linear one on the outputs we keep (for T = L and no
@@ -14,6 +15,7 @@ from typing import Optional, Tuple
 import torch
 
 from .._conv_tail import last_inputs
+from .._dtype import compute_dtype
 
 
 def long_conv_fft(
@@ -21,7 +23,7 @@ def long_conv_fft(
 ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
     """x [B, T, D], kernel [D, L], initial_state [B, L-1, D] -> (y [B, T, D], tail [B, L-1, D] or None)."""
     T, L = x.shape[1], kernel.shape[1]
-    work = torch.float64 if x.dtype == torch.float64 else torch.float32
+    work = compute_dtype(x.dtype)
     full = x if initial_state is None else torch.cat([initial_state, x], dim=1)
     N = full.shape[1]
     n = 1 << max(0, (N + L - 2)).bit_length()  # power of two >= N + L - 1

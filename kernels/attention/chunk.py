@@ -1,4 +1,4 @@
-"""Training form of local attention (sliding window / chunk-local) in O(T·L) instead of O(T²).
+"""Chunked training form of local attention (sliding window / chunk-local) in O(T·L) instead of O(T²).
 
 Self-attention only (S = T, q_offset = k_offset, causal). The sequence is cut into blocks of L
 tokens: L = chunk_size for chunk-local attention (blocks aligned to absolute positions multiple of

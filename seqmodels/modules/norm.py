@@ -4,6 +4,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from seqmodels.kernels._dtype import compute_dtype
+
 
 class RMSNorm(nn.Module):
     """y = x / sqrt(mean(x^2) + eps) * weight, computed in float32 (float64 stays float64).
@@ -17,7 +19,7 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim)) if elementwise_affine else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        compute = torch.float64 if x.dtype == torch.float64 else torch.float32
+        compute = compute_dtype(x.dtype)
         h = x.to(compute)
         h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
         h = h.to(x.dtype)

@@ -4,8 +4,8 @@ LightNet, ViG.
 `GLAMixer` holds the bias-free q, k, v projections split into heads (`head_dims()` gives Dk, Dv;
 the config's by default) and the decoding state `GLAState`: one matrix S [B, H, Dk, Dv] per
 head plus the number of tokens consumed (the rotary / LRPE offset of the next token).
-`run_gla` is the chunked (or naive, per `cfg.kernel_backend`) training form continuing from S;
-`step_gla` is the one-token recurrent form on a GLAState.
+`gla_layer` is the chunked (or naive, per `cfg.kernel_backend`) training form continuing from S;
+`gla_layer_step` is the one-token recurrent form on a GLAState.
 """
 from __future__ import annotations
 
@@ -15,24 +15,20 @@ from typing import Optional
 import torch
 from torch import nn
 
+from seqmodels.kernels._dtype import compute_dtype
 from seqmodels.kernels.gla import gla, gla_step
 from seqmodels.layers.base import Mixer
 
 
-def state_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The kernel keeps states in float32 (float64 for float64 models)."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
 @dataclass
 class GLAState:
-    """kv: S [B, H, Dk, Dv] (float32/float64); position: tokens consumed so far."""
+    """kv: S [B, H, Dk, Dv] (float32/float64); seen_tokens: tokens consumed so far."""
 
     kv: torch.Tensor
-    position: int = 0
+    seen_tokens: int = 0
 
 
-def run_gla(cfg, q, k, v, log_decay_k, scale, initial_kv: Optional[torch.Tensor], return_state: bool, reverse: bool = False):
+def gla_layer(cfg, q, k, v, log_decay_k, scale, initial_kv: Optional[torch.Tensor], return_state: bool, reverse: bool = False):
     """gla over [B, T, H, D] inputs from `initial_kv` (None = zeros) with the config's backend and chunk size.
 
     Returns (o [B, T, H, Dv], final S [B, H, Dk, Dv] | None unless return_state).
@@ -44,10 +40,31 @@ def run_gla(cfg, q, k, v, log_decay_k, scale, initial_kv: Optional[torch.Tensor]
     )
 
 
-def step_gla(q_t, k_t, v_t, log_decay_k, scale, state: GLAState):
+def gla_layer_step(q_t, k_t, v_t, log_decay_k, scale, state: GLAState):
     """One token: q_t, k_t [B, H, Dk], v_t [B, H, Dv], log_decay_k None | [B, H] | [B, H, Dk]."""
     o_t, kv = gla_step(q_t, k_t, v_t, log_decay_k=log_decay_k, state=state.kv, scale=scale)
-    return o_t, GLAState(kv, state.position + 1)
+    return o_t, GLAState(kv, state.seen_tokens + 1)
+
+
+def expanded_head_dims(cfg, options, family: str):
+    """(Dk, Dv) = (expand_k·d / H, expand_v·d / H); ValueError when not integral or when the config's
+    explicit head_dim_k / head_dim_v disagree."""
+    dims = []
+    for which, expand, explicit in (("k", options.expand_k, cfg.head_dim_k), ("v", options.expand_v, cfg.head_dim_v)):
+        width = expand * cfg.d_model
+        if width != int(width) or int(width) % cfg.n_heads or int(width) < cfg.n_heads:
+            raise ValueError(
+                f"{family}: expand_{which}={expand} gives width {width:g} for d_model={cfg.d_model}, which must be a "
+                f"positive integer multiple of n_heads={cfg.n_heads}"
+            )
+        head_dim = int(width) // cfg.n_heads
+        if explicit is not None and explicit != head_dim:
+            raise ValueError(
+                f"{family}: head_dim_{which}={explicit} does not match expand_{which}={expand} "
+                f"(d_model {cfg.d_model} / {cfg.n_heads} heads -> {head_dim}); leave head_dim_{which} unset"
+            )
+        dims.append(head_dim)
+    return tuple(dims)
 
 
 class GLAMixer(Mixer):
@@ -74,5 +91,5 @@ class GLAMixer(Mixer):
         return t.view(t.shape[:-1] + (self.n_heads, dim))
 
     def init_state(self, batch_size, device=None, dtype=None) -> GLAState:
-        dtype = state_dtype(dtype or torch.float32)
+        dtype = compute_dtype(dtype or torch.float32)
         return GLAState(torch.zeros(batch_size, self.n_heads, self.state_dk, self.dv, device=device, dtype=dtype), 0)
