@@ -19,7 +19,7 @@ from seqmodels.linearize.report import build_report, write_report
 from seqmodels.linearize.stages import ScalarLog, run_stage1, run_stage2
 from seqmodels.linearize.student import assemble_student
 from seqmodels.linearize.teacher import check_tokenizer, load_teacher, teacher_tokenizer_dir
-from seqmodels.run_config import format_config, parse_run_args
+from seqmodels.run_config import format_config, parse_run_args, write_run_config
 from seqmodels.train.deepspeed_config import micro_batch_size, resolve_deepspeed_config
 from seqmodels.train.distributed import barrier, init_distributed
 from seqmodels.train.evaluation import evaluate_lm
@@ -104,8 +104,7 @@ def run_linearize(cfg: dict) -> LinearizeRun:
     if eval_batches is None:
         raise ValueError("the packed data has no validation split: set data.validation_fraction > 0")
     if info.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "run_config.yaml").write_text(resolved)
+        write_run_config(run_dir, resolved)
     n_eval = cfg["report"]["eval_batches"]
 
     mixers, mse_before, mse_after, tokens1 = run_stage1(cfg, teacher, data, ds_config, info, run_dir, eval_batches)

@@ -26,7 +26,7 @@ from seqmodels.config import ModelConfig
 from seqmodels.data import lra
 from seqmodels.data.tensors import TensorLoader, eval_batches
 from seqmodels.model import SeqLM
-from seqmodels.run_config import format_config, parse_run_args
+from seqmodels.run_config import format_config, parse_run_args, write_run_config
 from seqmodels.train.deepspeed_config import micro_batch_size, resolve_deepspeed_config
 from seqmodels.train.distributed import init_distributed
 from seqmodels.train.evaluation import evaluate_accuracy
@@ -145,8 +145,7 @@ def run_lra(cfg: dict) -> LRAResult:
     model = SeqLM(model_cfg)
     micro = micro_batch_size(ds_config)
     if info.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "run_config.yaml").write_text(resolved)
+        write_run_config(run_dir, resolved)
         print(f"[lra] resolved config:\n{resolved}\n[lra] {task}: {len(train['labels'])} train / {len(val['labels'])} "
               f"val / {len(test['labels'])} test examples of {train['input_ids'].shape[1]} tokens; model "
               f"{model_cfg.mixer_names()} {model.num_parameters() / 1e6:.3f}M parameters", flush=True)

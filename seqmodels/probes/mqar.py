@@ -36,7 +36,7 @@ from seqmodels.data.tensors import TensorLoader, eval_batches
 from seqmodels.model import SeqLM
 from seqmodels.probes.mqar_grid import build_grid
 from seqmodels.probes.mqar_results import cell_key, read_result, write_outputs, write_result
-from seqmodels.run_config import format_config, parse_run_args
+from seqmodels.run_config import format_config, parse_run_args, write_run_config
 from seqmodels.train.deepspeed_config import micro_batch_size, resolve_deepspeed_config
 from seqmodels.train.distributed import init_distributed
 from seqmodels.train.evaluation import evaluate_accuracy
@@ -167,7 +167,7 @@ def run_sweep(cfg: dict) -> SweepResult:
     cells_dir = out_dir / "cells"
     cells_dir.mkdir(parents=True, exist_ok=True)
     if rank == 0:
-        (out_dir / "run_config.yaml").write_text(format_config(cfg))
+        write_run_config(out_dir, format_config(cfg))
         print(f"[mqar] {len(runs)} runs on {world} rank(s):\n{format_config(cfg)}", flush=True)
     target = float(cfg["early_stop"]["accuracy"])
     data = TaskData(cfg["data"])

@@ -17,7 +17,7 @@ import torch
 from seqmodels.config import ModelConfig
 from seqmodels.data.text import PackedTextData, TextDataSettings
 from seqmodels.model import SeqLM
-from seqmodels.run_config import format_config, parse_run_args
+from seqmodels.run_config import format_config, parse_run_args, write_run_config
 from seqmodels.train.deepspeed_config import micro_batch_size, resolve_deepspeed_config
 from seqmodels.train.distributed import barrier, init_distributed
 from seqmodels.train.export import engine_state_dict, export_hf, write_run_extras
@@ -80,8 +80,7 @@ def pretrain(cfg: dict, callbacks: Iterable[Callable] = ()) -> PretrainRun:
     model = SeqLM(model_cfg)
     micro = micro_batch_size(ds_config)
     if info.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "run_config.yaml").write_text(resolved)
+        write_run_config(run_dir, resolved)
         print(f"[pretrain] model {model_cfg.mixer_names()} {model.num_parameters() / 1e6:.2f}M parameters; "
               f"global batch {micro * ds_config.get('gradient_accumulation_steps', 1) * info.world_size} x "
               f"{data.seq_len} tokens", flush=True)
