@@ -13,7 +13,7 @@ Validation is held out by document: round(validation_fraction * documents) docum
 
 Files in `out_dir`: {split}-{k:05d}.bin (raw little-endian uint16 if the vocabulary fits,
 i.e. vocab_size <= 65536, else uint32) and index.json; each is written under a temporary name
-then renamed (os.replace), index.json last.
+then renamed (seqmodels.atomic), index.json last.
 """
 from __future__ import annotations
 
@@ -27,19 +27,12 @@ import numpy as np
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
+from seqmodels.atomic import atomic_write_bytes
+
 from .tokenizer import tokenizer_hash
 
 INDEX_NAME = "index.json"
 FORMAT = "seqmodels.packed/1"
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def choose_dtype(vocab_size: int, dtype: str = "auto") -> np.dtype:
@@ -80,7 +73,7 @@ class _ShardWriter:
 
     def _write(self, tokens: np.ndarray, num_sequences: int) -> None:
         name = f"{self.split}-{len(self.shards):05d}.bin"
-        _atomic_write_bytes(self.out_dir / name, tokens.astype(self.dtype.newbyteorder("<")).tobytes())
+        atomic_write_bytes(self.out_dir / name, tokens.astype(self.dtype.newbyteorder("<")).tobytes())
         self.shards.append({"file": name, "num_sequences": int(num_sequences), "num_tokens": int(len(tokens))})
 
     def finish(self) -> dict:
@@ -197,5 +190,5 @@ def pack_corpus(
         "split_seed": split_seed,
         "splits": splits,
     }
-    _atomic_write_bytes(out / INDEX_NAME, json.dumps(index, indent=2).encode("utf-8"))
+    atomic_write_bytes(out / INDEX_NAME, json.dumps(index, indent=2).encode("utf-8"))
     return index

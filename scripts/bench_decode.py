@@ -4,7 +4,7 @@ KV cache (docs/architecture.md §9).
     python scripts/bench_decode.py                                   # CPU: contexts 1k..64k
     python scripts/bench_decode.py --contexts 1024 8192 65536 --d_model 768 --n_layers 12   # GPU
 
-For each registered causal family (scripts/_families.py: every family from its tiny preset,
+For each registered causal family (seqmodels.benchmark_families: every family from its tiny preset,
 scaled to one shape, MLP widths matched to the Transformer's parameter count) and each context
 length L: a chunked prefill of L random tokens (forward with state continuation,
 `--prefill_chunk` tokens at a time) builds the decoding state; then `--tokens` single-token
@@ -26,11 +26,8 @@ import platform
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 @torch.no_grad()
@@ -135,7 +132,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
-    from _families import family_configs, select
+    from seqmodels.benchmark_families import family_configs, select
 
     chosen, notes = select(family_configs(args.d_model, args.n_layers, args.vocab,
                                           max(args.contexts) + args.tokens + 8), args.families)

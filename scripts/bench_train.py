@@ -7,7 +7,7 @@ A step = forward + backward + AdamW step of the LM loss (plain torch, what the D
 engine runs per micro-batch without communication). Every family runs in its own subprocess so
 its peak memory is its own: CUDA: torch.cuda.max_memory_allocated; CPU: peak RSS growth from
 just before the first step (ru_maxrss - RSS before). Tokens/s from the median of `--steps` timed
-steps after one warm-up step. Families come from the registry (scripts/_families.py), MLP
+steps after one warm-up step. Families come from the registry (seqmodels.benchmark_families), MLP
 widths matched so parameter counts agree within ~2%. Prints a markdown table with ratios to the
 Transformer (attention).
 """
@@ -22,9 +22,6 @@ import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 def _rss_bytes() -> int:
@@ -35,7 +32,7 @@ def _rss_bytes() -> int:
 def run_one(args) -> dict:
     import torch
 
-    from _families import family_configs
+    from seqmodels.benchmark_families import family_configs
     from seqmodels import SeqLM
 
     torch.set_num_threads(args.threads)
@@ -92,7 +89,7 @@ def main() -> None:
         print(json.dumps(run_one(args)))
         return
 
-    from _families import family_configs, select
+    from seqmodels.benchmark_families import family_configs, select
 
     chosen, notes = select(family_configs(args.d_model, args.n_layers, args.vocab, args.seq_len), args.families)
     results = []

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import tempfile
 from dataclasses import dataclass, field, fields
 from importlib import resources
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Any, Optional
 import yaml
 
 from seqmodels.kernels._validate import check_int
+from seqmodels.atomic import atomic_write_text
 
 MLP_CHOICES = ("swiglu", "sglu", "gelu", "none")
 NORM_CHOICES = ("rmsnorm", "layernorm")
@@ -189,18 +189,8 @@ class ModelConfig:
         return cls.from_dict(values)
 
     def to_yaml(self, path: str | os.PathLike) -> None:
-        """Write atomically (temp file in the same directory, then rename)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w") as handle:
-                yaml.safe_dump(self.to_dict(), handle, sort_keys=False)
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        """Write atomically (seqmodels.atomic)."""
+        atomic_write_text(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
 
 
 # ------------------------------------------------------------------- presets

@@ -138,6 +138,13 @@ def format_config(cfg: Mapping) -> str:
     return yaml.safe_dump(dict(cfg), sort_keys=False, default_flow_style=None)
 
 
+def write_run_config(run_dir: str | os.PathLike, resolved: str) -> Path:
+    """Create the run directory and save the resolved config (format_config) as run_config.yaml in it."""
+    from seqmodels.atomic import atomic_write_text
+
+    return atomic_write_text(Path(run_dir) / "run_config.yaml", resolved)
+
+
 def dataclass_from_section(cls, values: Mapping, section: str):
     """`cls(**values)` for the dataclass of a config section; unknown keys name the section."""
     import dataclasses

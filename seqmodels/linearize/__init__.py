@@ -2,11 +2,12 @@
 
 teacher.py (load + checks), student.py (student mixers via `from_attention`, student model),
 transfer.py (stage 1: per-layer attention-output MSE), distill.py (stage 2: KL + LoRA),
-measure.py (perplexity, MQAR, decode-state bytes, branch ablation). The recipe is
-recipes/linearize.py.
+stages.py (both stages under the trainer), measure.py (MQAR, decode-state bytes, branch
+ablation), report.py (report.json / report.md), pipeline.py (run config and the whole run).
+The entry point is recipes/linearize.py.
 """
 from seqmodels.linearize.distill import Distiller, apply_lora, kl_teacher_student, merge_lora
-from seqmodels.linearize.measure import decode_state_bytes, linear_branch_disabled, mqar_accuracy, perplexity
+from seqmodels.linearize.measure import decode_state_bytes, linear_branch_disabled, mqar_accuracy
 from seqmodels.linearize.student import (
     assemble_student,
     build_student_mixers,
@@ -21,6 +22,6 @@ from seqmodels.linearize.transfer import AttentionTransfer, layer_mse
 __all__ = [
     "AttentionTransfer", "Distiller", "apply_lora", "assemble_student", "build_student_mixers", "check_teacher",
     "check_tokenizer", "decode_state_bytes", "freeze_all_but_new", "kl_teacher_student", "layer_mse",
-    "linear_branch_disabled", "load_teacher", "merge_lora", "mqar_accuracy", "new_parameter_names", "perplexity",
+    "linear_branch_disabled", "load_teacher", "merge_lora", "mqar_accuracy", "new_parameter_names",
     "student_config", "student_mixer_class", "teacher_tokenizer_dir",
 ]

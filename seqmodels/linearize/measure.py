@@ -1,5 +1,6 @@
-"""What the linearization report measures: held-out perplexity, MQAR accuracy, decoding-state
-bytes at a context length, and the branch ablation (docs/architecture.md §7).
+"""What the linearization report measures beside held-out perplexity (seqmodels.train.evaluation
+`evaluate_lm`): MQAR accuracy, decoding-state bytes at a context length, and the branch ablation
+(docs/architecture.md §7).
 
 The ablation switches off the linear ("global") branch of every student mixer through its
 `linear_branch_enabled` attribute (Lizard: ŷ_global := 0; LoLCATs: linear scores dropped from
@@ -9,51 +10,22 @@ the work and the student is not really linear-cost.
 from __future__ import annotations
 
 import contextlib
-import math
-from typing import Iterable, Iterator
+from typing import Iterator
 
 import torch
 
 from seqmodels.model import SeqLM
 from seqmodels.state import state_nbytes
+from seqmodels.train.evaluation import evaluate_accuracy
 
 
-@torch.no_grad()
-def perplexity(model: SeqLM, batches: Iterable[dict], max_batches: int | None = None) -> tuple[float, int]:
-    """(exp of the token-weighted mean next-token CE, tokens scored) over `batches`."""
-    model_was_training = model.training
-    model.eval()
-    device = model.embed.weight.device
-    total, tokens = 0.0, 0
-    for i, batch in enumerate(batches):
-        if max_batches is not None and i >= max_batches:
-            break
-        ids, labels = batch["input_ids"].to(device), batch["labels"].to(device)
-        n = int((labels != -100).sum())
-        total += float(model(ids, labels=labels).loss) * n
-        tokens += n
-    model.train(model_was_training)
-    if tokens == 0:
-        raise ValueError("perplexity got no scored tokens")
-    return math.exp(min(total / tokens, 80.0)), tokens
-
-
-@torch.no_grad()
 def mqar_accuracy(model: SeqLM, num_kv_pairs: int = 4, seq_len: int = 64, num_examples: int = 64,
                   seed: int = 0, batch_size: int = 16) -> float:
     """Fraction of MQAR queries (seqmodels.data.mqar, over the model's vocab) answered by argmax."""
     from seqmodels.data.mqar import mqar
 
     ids, labels = mqar(model.cfg.vocab_size, seq_len, num_kv_pairs, num_examples, seed=seed)
-    device = model.embed.weight.device
-    correct, total = 0, 0
-    for start in range(0, num_examples, batch_size):
-        x, y = ids[start : start + batch_size].to(device), labels[start : start + batch_size].to(device)
-        pred = model(x).logits.argmax(-1)
-        mask = y != -100
-        correct += int((pred[mask] == y[mask]).sum())
-        total += int(mask.sum())
-    return correct / total
+    return evaluate_accuracy(model, {"input_ids": ids, "labels": labels}, batch_size, model.embed.weight.device)
 
 
 @torch.no_grad()

@@ -27,10 +27,10 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
+from seqmodels.atomic import TMP_PREFIX, atomic_replace_dir, atomic_write_text
 from seqmodels.train.distributed import barrier
 
 LATEST = "latest"
-TMP_PREFIX = ".tmp-"
 TAG_PATTERN = re.compile(r"^global_step(\d+)$")
 
 
@@ -55,20 +55,6 @@ def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f"{TMP_PREFIX}{path.name}")
-    with open(tmp, "w") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def read_latest(ckpt_dir: str | os.PathLike) -> Optional[str]:
@@ -144,8 +130,7 @@ class CheckpointManager:
             if self.latest() == tag:  # already committed by an earlier identical save
                 shutil.rmtree(tmp_path)
                 return
-            shutil.rmtree(final)  # a rename that never reached `latest`
-        os.replace(tmp_path, final)
+        atomic_replace_dir(tmp_path, final)
         atomic_write_text(self.dir / LATEST, tag)
         self._prune(keep=tag)
 

@@ -14,6 +14,7 @@ from typing import Optional
 
 import torch
 
+from seqmodels.atomic import atomic_replace_dir
 from seqmodels.config import ModelConfig
 
 MODEL_CONFIG_FILE = "model_config.yaml"
@@ -33,17 +34,6 @@ def engine_state_dict(engine, is_main: bool) -> Optional[dict]:
         return {k: v.detach().to("cpu", torch.float32).clone() for k, v in module.state_dict().items()}
 
 
-def _atomic_dir_replace(tmp: Path, final: Path) -> None:
-    old = final.with_name(f".old-{final.name}")
-    if old.exists():
-        shutil.rmtree(old)
-    if final.exists():
-        os.replace(final, old)
-    os.replace(tmp, final)
-    if old.exists():
-        shutil.rmtree(old)
-
-
 def export_hf(state_dict: dict, model_config: ModelConfig, tokenizer, out_dir: str | os.PathLike) -> Path:
     """Write an HF directory (config.json, model.safetensors, tokenizer files) loadable with
     `AutoModelForCausalLM.from_pretrained(out_dir)` after `import seqmodels`."""
@@ -60,7 +50,7 @@ def export_hf(state_dict: dict, model_config: ModelConfig, tokenizer, out_dir: s
     model.save_pretrained(str(tmp))
     if tokenizer is not None:
         tokenizer.save_pretrained(str(tmp))
-    _atomic_dir_replace(tmp, out)
+    atomic_replace_dir(tmp, out)
     return out
 
 

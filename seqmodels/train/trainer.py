@@ -230,19 +230,20 @@ class Trainer:
     # ------------------------------------------------------------------ eval
     @torch.no_grad()
     def evaluate(self) -> Optional[float]:
+        """Token-weighted mean of loss_fn over the first train.eval_batches held-out batches of every
+        rank (seqmodels.train.evaluation); None without eval batches."""
+        from seqmodels.train.evaluation import TokenWeightedMean, scored_tokens
+
         if self.eval_batches is None:
             return None
         self.engine.eval()
-        total, count = 0.0, 0
+        mean = TokenWeightedMean()
         for i, batch in enumerate(self.eval_batches()):
             if i >= self.settings.eval_batches:
                 break
-            total += float(self.loss_fn(self.engine, _to_device(batch, self.engine.device)))
-            count += 1
+            mean.add(self.loss_fn(self.engine, _to_device(batch, self.engine.device)), scored_tokens(batch))
         self.engine.train()
-        if count == 0:
-            return None
-        return all_reduce_mean(total / count)
+        return mean.all_ranks()
 
     # ------------------------------------------------------------------ loop
     def _batches(self) -> Iterator[dict]:

@@ -1,22 +1,14 @@
 """Shared fixtures for the recipe tests: a small deterministic text corpus and run arguments
-for a tiny model, so a training run takes seconds on CPU."""
-import importlib.util
+for a tiny model, so a training run takes seconds on CPU. The tests call the package functions
+the recipes wire (recipes/ is not a package), or run a recipe as a subprocess end to end."""
 import random
-import sys
 from pathlib import Path
 
 import pytest
 
+from seqmodels.train import pretrain as pretrain_run
+
 REPO = Path(__file__).resolve().parents[2]
-
-
-def load_recipe(name: str):
-    """Import recipes/<name>.py as a module (recipes/ is not a package)."""
-    spec = importlib.util.spec_from_file_location(f"recipe_{name}", REPO / "recipes" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def write_corpus(out: Path, documents: int = 40) -> Path:
@@ -58,10 +50,15 @@ def tiny_run_args(corpus_dir, data_cache, out_dir, name="run", steps=8, **extra)
     return [item for key, value in args.items() for item in (f"--{key}", str(value))]
 
 
+def run_pretrain(argv, callbacks=()):
+    """What recipes/pretrain.py runs: the TrainResult of the run `argv` describes."""
+    return pretrain_run.pretrain(pretrain_run.parse_args(argv), callbacks).train
+
+
 @pytest.fixture(scope="session")
 def pretrain():
-    """recipes/pretrain.py as a module (main(argv, callbacks))."""
-    return load_recipe("pretrain")
+    """pretrain(argv, callbacks=()) -> TrainResult (see run_pretrain)."""
+    return run_pretrain
 
 
 @pytest.fixture(scope="session")
@@ -71,16 +68,10 @@ def run_args(corpus_dir, data_cache):
 
 
 @pytest.fixture(scope="session")
-def base_run(pretrain, run_args, tmp_path_factory):
+def base_run(run_args, tmp_path_factory):
     """One 8-step tiny run (checkpoints at 4 and 8): (run_dir, TrainResult, Trainer)."""
     out = tmp_path_factory.mktemp("runs")
     trainers = []
-    result = pretrain.main(run_args(out, name="base", steps=8),
-                           callbacks=[lambda trainer, step, loss: trainers.append(trainer)])
+    result = run_pretrain(run_args(out, name="base", steps=8),
+                          callbacks=[lambda trainer, step, loss: trainers.append(trainer)])
     return out / "base", result, trainers[-1]
-
-
-@pytest.fixture(scope="session")
-def recipe():
-    """recipe(name) -> recipes/<name>.py as a module."""
-    return load_recipe

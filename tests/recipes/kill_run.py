@@ -1,22 +1,20 @@
-"""Run recipes/pretrain.py in this process and SIGKILL it at a chosen point (for the slow tests).
+"""Run a pretrain run (seqmodels.train.pretrain, what recipes/pretrain.py runs) in this process and
+SIGKILL it at a chosen point (for the slow tests).
 
     python kill_run.py after-step 7 <pretrain args...>    kill right after step 7 is logged
     python kill_run.py during-save 10 <pretrain args...>  kill half-way through writing checkpoint 10
 """
-import importlib.util
 import os
 import signal
 import sys
-from pathlib import Path
 
 import torch
+
+from seqmodels.train.pretrain import parse_args, pretrain
 
 
 def main() -> None:
     mode, at, argv = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
-    spec = importlib.util.spec_from_file_location("pretrain", Path(__file__).resolve().parents[2] / "recipes" / "pretrain.py")
-    pretrain = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(pretrain)
     callbacks = []
     if mode == "after-step":
         callbacks.append(lambda trainer, step, loss: os.kill(os.getpid(), signal.SIGKILL) if step == at else None)
@@ -34,7 +32,7 @@ def main() -> None:
         torch.save = dying_save
     else:
         raise SystemExit(f"unknown mode {mode!r}")
-    pretrain.main(argv, callbacks=callbacks)
+    pretrain(parse_args(argv), callbacks=callbacks)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
-"""recipes/linearize.py and seqmodels.linearize on a tiny random LlamaForCausalLM (save_pretrained in the
-test): stage 1 cuts every layer's transfer MSE >= 10x, stage 2 lowers KL(teacher ‖ student), the HF output
+"""seqmodels.linearize (behind recipes/linearize.py) on a tiny random LlamaForCausalLM
+(save_pretrained in the test): stage 1 cuts every layer's transfer MSE >= 10x, stage 2 lowers KL(teacher ‖ student), the HF output
 loads and decodes with a constant-size state, the report holds its numbers, bad inputs are ValueErrors."""
 import json
 import math
@@ -24,8 +24,8 @@ from seqmodels.linearize import (
     load_teacher,
     merge_lora,
     new_parameter_names,
-    perplexity,
 )
+from seqmodels.linearize import pipeline
 from seqmodels.train.monitor import read_metrics
 from seqmodels.testing import check_generate_matches_forward, rel_err
 
@@ -61,8 +61,9 @@ def teacher_dir(tmp_path_factory, corpus_dir):
 
 
 @pytest.fixture(scope="module")
-def linearize(recipe):
-    return recipe("linearize")
+def linearize():
+    """What recipes/linearize.py runs: linearize(argv) -> the report (seqmodels.linearize.pipeline)."""
+    return lambda argv: pipeline.run_linearize(pipeline.parse_args(argv)).report
 
 
 def run_argv(teacher, corpus_dir, data_cache, out, **extra) -> list[str]:
@@ -89,7 +90,7 @@ def lin_run(linearize, teacher_dir, corpus_dir, data_cache, tmp_path_factory):
     """One end-to-end run of the recipe (plain python, DeepSpeed ZeRO-0 on gloo): (run_dir, report, argv)."""
     out = tmp_path_factory.mktemp("lin-runs")
     argv = run_argv(teacher_dir, corpus_dir, data_cache, out)
-    report = linearize.main(argv)
+    report = linearize(argv)
     return out / "lin", report, argv
 
 
@@ -171,7 +172,7 @@ def test_tensorboard_holds_transfer_and_distill_scalars(lin_run):
 def test_rerun_resumes_both_finished_stages(linearize, lin_run):
     run_dir, report, argv = lin_run
     lines = [len(read_metrics(run_dir / s)) for s in ("stage1", "stage2")]
-    again = linearize.main(argv)
+    again = linearize(argv)
     assert [len(read_metrics(run_dir / s)) for s in ("stage1", "stage2")] == [n + 1 for n in lines]  # eval only
     assert again["student"]["ppl"] == pytest.approx(report["student"]["ppl"], rel=1e-6)
     assert again["stage1"]["layer_mse_after"] == pytest.approx(report["stage1"]["layer_mse_after"], rel=1e-6)
@@ -280,15 +281,15 @@ def test_bad_teachers(tmp_path, corpus_dir):
 
 def test_bad_recipe_inputs(linearize, teacher_dir, corpus_dir, data_cache, tmp_path):
     with pytest.raises(ValueError, match="--teacher"):
-        linearize.main(["--name", "x", "--output_dir", str(tmp_path)])
+        linearize(["--name", "x", "--output_dir", str(tmp_path)])
     with pytest.raises(ValueError, match="no from_attention"):
-        linearize.main(run_argv(teacher_dir, corpus_dir, data_cache, tmp_path, **{"student.mixer": "gla"}))
+        linearize(run_argv(teacher_dir, corpus_dir, data_cache, tmp_path, **{"student.mixer": "gla"}))
     no_tok = make_llama(tmp_path / "no-tok", corpus_dir, tokenizer=False)
     with pytest.raises(ValueError, match="no tokenizer files"):
-        linearize.main(run_argv(no_tok, corpus_dir, data_cache, tmp_path))
+        linearize(run_argv(no_tok, corpus_dir, data_cache, tmp_path))
     small = make_llama(tmp_path / "small-vocab", corpus_dir, vocab_size=280)
     with pytest.raises(ValueError, match="tokenizer has 300 tokens but the teacher's vocab_size is 280"):
-        linearize.main(run_argv(small, corpus_dir, data_cache, tmp_path))
+        linearize(run_argv(small, corpus_dir, data_cache, tmp_path))
 
 
 def test_check_tokenizer_and_missing_teacher_dir(tmp_path):

@@ -1,5 +1,5 @@
-"""recipes/mqar.py: a tiny sweep end to end (outputs, accuracy against a direct evaluation),
-resume without re-running finished runs, the accuracy metric, grid validation."""
+"""The MQAR sweep (seqmodels.probes.mqar, behind recipes/mqar.py): a tiny sweep end to end
+(outputs, accuracy against a direct evaluation), resume without re-running finished runs, the accuracy metric, grid validation."""
 import csv
 import json
 import os
@@ -9,14 +9,17 @@ import sys
 import pytest
 import torch
 
-from seqmodels.train.tensor_data import TensorLoader, accuracy_counts
+from seqmodels.data.tensors import TensorLoader
+from seqmodels.probes import mqar
+from seqmodels.probes.mqar_grid import build_grid
+from seqmodels.train.evaluation import accuracy_counts
 
 REPO = __import__("pathlib").Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(scope="module")
-def mqar_recipe(recipe):
-    return recipe("mqar")
+def sweep(argv) -> list[dict]:
+    """What recipes/mqar.py runs: the finished runs' result rows."""
+    return mqar.run_sweep(mqar.parse_args(argv)).rows
 
 
 def tiny_args(out_dir, name="tiny", **extra):
@@ -70,17 +73,17 @@ def test_tensor_loader_resumes_exactly():
     assert sorted(sum(seen[:6], [])) == sorted(set(sum(seen[:6], [])))  # no repeats within an epoch
 
 
-def test_tiny_sweep_end_to_end(mqar_recipe, tmp_path, monkeypatch):
+def test_tiny_sweep_end_to_end(tmp_path, monkeypatch):
     evaluated = []
-    real = mqar_recipe.evaluate_accuracy
+    real = mqar.evaluate_accuracy
 
     def spy(model, tensors, batch_size, device=None):
         value = real(model, tensors, batch_size, device)
         evaluated.append((model, tensors, value))
         return value
 
-    monkeypatch.setattr(mqar_recipe, "evaluate_accuracy", spy)
-    rows = mqar_recipe.main(tiny_args(tmp_path))
+    monkeypatch.setattr(mqar, "evaluate_accuracy", spy)
+    rows = sweep(tiny_args(tmp_path))
     out = tmp_path / "tiny"
     for name in ("results.csv", "results.md", "results.png", "run_config.yaml"):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
@@ -102,39 +105,39 @@ def test_tiny_sweep_end_to_end(mqar_recipe, tmp_path, monkeypatch):
         assert direct_accuracy(model, test["input_ids"], test["labels"]) == pytest.approx(value, abs=1e-12)
 
 
-def test_skip_solved_lrs_skips_later_lrs_of_a_solved_cell(mqar_recipe, tmp_path, monkeypatch):
+def test_skip_solved_lrs_skips_later_lrs_of_a_solved_cell(tmp_path, monkeypatch):
     """A per-mixer lr list with skip_solved_lrs: once a cell's first lr reaches early_stop.accuracy
     its later lrs are not trained, and results.md lists them as skipped, not as unfinished. With
     target 0.0 every first lr solves its cell; with 1.01 none can, so every lr trains."""
     calls = []
-    real = mqar_recipe.train_run
-    monkeypatch.setattr(mqar_recipe, "train_run", lambda run, *a: calls.append(run["id"]) or real(run, *a))
+    real = mqar.train_run
+    monkeypatch.setattr(mqar, "train_run", lambda run, *a: calls.append(run["id"]) or real(run, *a))
     grid = {"grid.mixers": "[{mixer: attention, lrs: [0.01, 0.003]}]", "skip_solved_lrs": "true"}
-    mqar_recipe.main(tiny_args(tmp_path, name="solved", **grid, **{"early_stop.accuracy": 0.0}))
+    sweep(tiny_args(tmp_path, name="solved", **grid, **{"early_stop.accuracy": 0.0}))
     assert calls == ["attention_T16_kv2_d16_lr0.01"]
     md = (tmp_path / "solved" / "results.md").read_text()
     assert "Not run, another lr of the cell reached the target" in md and "attention_T16_kv2_d16_lr0.003" in md
     assert "Not finished" not in md
     calls.clear()
-    mqar_recipe.main(tiny_args(tmp_path, name="unsolved", **grid, **{"early_stop.accuracy": 1.01}))
+    sweep(tiny_args(tmp_path, name="unsolved", **grid, **{"early_stop.accuracy": 1.01}))
     assert calls == ["attention_T16_kv2_d16_lr0.01", "attention_T16_kv2_d16_lr0.003"]
     assert "Not run" not in (tmp_path / "unsolved" / "results.md").read_text()
 
 
-def test_sweep_resumes_without_rerunning(mqar_recipe, tmp_path, monkeypatch):
+def test_sweep_resumes_without_rerunning(tmp_path, monkeypatch):
     calls = []
-    real = mqar_recipe.train_run
-    monkeypatch.setattr(mqar_recipe, "train_run", lambda run, *a: calls.append(run["id"]) or real(run, *a))
-    mqar_recipe.main(tiny_args(tmp_path, name="res"))
+    real = mqar.train_run
+    monkeypatch.setattr(mqar, "train_run", lambda run, *a: calls.append(run["id"]) or real(run, *a))
+    sweep(tiny_args(tmp_path, name="res"))
     assert len(calls) == 2
     cells = tmp_path / "res" / "cells"
     stamps = {p: p.stat().st_mtime_ns for p in cells.glob("*/result.json")}
     calls.clear()
-    mqar_recipe.main(tiny_args(tmp_path, name="res"))
+    sweep(tiny_args(tmp_path, name="res"))
     assert calls == [] and {p: p.stat().st_mtime_ns for p in cells.glob("*/result.json")} == stamps
     # a lost result (an interrupted run) is trained again, alone; a wider grid runs only the new cell
     (cells / "attention_T16_kv2_d16_lr0.01" / "result.json").unlink()
-    mqar_recipe.main(tiny_args(tmp_path, name="res", **{"grid.lrs": "[0.01, 0.02]"}))
+    sweep(tiny_args(tmp_path, name="res", **{"grid.lrs": "[0.01, 0.02]"}))
     assert sorted(calls) == ["attention_T16_kv2_d16_lr0.01", "attention_T16_kv2_d16_lr0.02",
                              "base_conv+based_T16_kv2_d16_lr0.02"]
     with open(tmp_path / "res" / "results.csv") as f:
@@ -155,9 +158,9 @@ def test_sweep_resumes_without_rerunning(mqar_recipe, tmp_path, monkeypatch):
     ({"grid.mixers": "[gla, gla]"}, "labels must be distinct"),
     ({"grid.mixers": "[{mixer: gla, lrs: [0]}]"}, r"grid.mixers\[gla\].lrs: 0 is not a positive number"),
 ])
-def test_invalid_grid_values(mqar_recipe, tmp_path, override, message):
+def test_invalid_grid_values(tmp_path, override, message):
     with pytest.raises(ValueError, match=message):
-        mqar_recipe.main(tiny_args(tmp_path, **override))
+        sweep(tiny_args(tmp_path, **override))
     assert not (tmp_path / "tiny" / "cells").exists()  # validated before anything is written
 
 
@@ -188,9 +191,9 @@ def test_two_ranks_split_the_grid(tmp_path):
         assert json.loads((run_dir / "result.json").read_text())["steps"] >= 1
 
 
-def test_early_stop_ends_the_run_at_the_target(mqar_recipe, tmp_path):
+def test_early_stop_ends_the_run_at_the_target(tmp_path):
     """Target accuracy 0: the first check (step 3 of 6) stops the run; its checkpoint is kept on request."""
-    mqar_recipe.main(tiny_args(tmp_path, name="stop", **{"early_stop.accuracy": 0.0, "grid.mixers": "[attention]",
+    sweep(tiny_args(tmp_path, name="stop", **{"early_stop.accuracy": 0.0, "grid.mixers": "[attention]",
                                                           "keep_checkpoints": "true"}))
     run_dir = tmp_path / "stop" / "cells" / "attention_T16_kv2_d16_lr0.01"
     result = json.loads((run_dir / "result.json").read_text())
@@ -200,12 +203,12 @@ def test_early_stop_ends_the_run_at_the_target(mqar_recipe, tmp_path):
     assert (run_dir / "checkpoints" / "latest").read_text().strip() == "global_step3"
 
 
-def test_grid_entries(mqar_recipe):
-    cfg = {**mqar_recipe.DEFAULTS, "grid": {"mixers": ["gla", ["base_conv", "based"],
+def test_grid_entries():
+    cfg = {**mqar.DEFAULTS, "grid": {"mixers": ["gla", ["base_conv", "based"],
                                                        {"label": "attn4", "mixer": "attention", "n_heads": 4,
                                                         "lrs": [3e-3]}],
                                             "d_models": [32], "tasks": [[64, 4], [128, 8]], "lrs": [1e-3, 1e-2]}}
-    runs = mqar_recipe.build_grid(cfg)
+    runs = build_grid(cfg)
     assert len(runs) == (2 * 2 + 1) * 2  # attn4 has its own single lr
     assert {r["lr"] for r in runs if r["mixer"] == "attn4"} == {3e-3}
     assert {r["lr"] for r in runs if r["mixer"] == "gla"} == {1e-3, 1e-2}

@@ -79,10 +79,10 @@ def test_interrupted_run_resumes_exactly(base_run, pretrain, run_args, tmp_path)
 
     args = run_args(tmp_path, name="crash", steps=STEPS)
     with pytest.raises(Crash):
-        pretrain.main(args, callbacks=[crash])
+        pretrain(args, callbacks=[crash])
     first = step_losses(tmp_path / "crash")
     assert first == {s: base[s] for s in range(1, 7)}
-    result = pretrain.main(args)
+    result = pretrain(args)
     assert result.resumed_from == "global_step4"
     records = [r for r in read_metrics(tmp_path / "crash") if "loss" in r]
     resumed = {r["step"]: r["loss"] for r in records[6:]}
@@ -92,6 +92,6 @@ def test_interrupted_run_resumes_exactly(base_run, pretrain, run_args, tmp_path)
 def test_resume_modes(base_run, pretrain, run_args, tmp_path):
     out = base_run[0].parent
     with pytest.raises(ValueError, match="already holds checkpoint global_step8 and train.resume is false"):
-        pretrain.main(run_args(out, name="base", steps=STEPS, **{"train.resume": False}))
+        pretrain(run_args(out, name="base", steps=STEPS, **{"train.resume": False}))
     with pytest.raises(ValueError, match="train.resume is true but .* holds no checkpoint"):
-        pretrain.main(run_args(tmp_path, name="fresh", steps=STEPS, **{"train.resume": True}))
+        pretrain(run_args(tmp_path, name="fresh", steps=STEPS, **{"train.resume": True}))

@@ -1,5 +1,6 @@
 """Packed text data for the recipes: find or build (corpus -> tokenizer -> shards) under a cache
-directory, then hand out rank-aware resumable loaders (seqmodels.data, docs/architecture.md §6).
+directory, then hand out rank-aware resumable loaders (docs/architecture.md §6); and next-token windows over a
+plain text file or a packed split, for evaluation.
 
 `data:` section of a run config (`TextDataSettings`):
 - `packed`: an existing packed directory (index.json; its tokenizer in `<packed>/tokenizer`
@@ -13,12 +14,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Optional
+from typing import Callable, Iterable, Iterator, Optional
 
+import torch
+
+from seqmodels.atomic import atomic_replace_dir
 from seqmodels.run_config import dataclass_from_section
 from seqmodels.train.distributed import DistInfo, barrier, broadcast_object
 
@@ -53,9 +56,9 @@ class TextDataSettings:
 
 
 def _build(settings: TextDataSettings, out_dir: Path) -> None:
-    from seqmodels.data.corpus import corpus_stats, load_corpus
-    from seqmodels.data.pack import pack_corpus
-    from seqmodels.data.tokenizer import load_tokenizer, train_bpe
+    from .corpus import corpus_stats, load_corpus
+    from .pack import pack_corpus
+    from .tokenizer import load_tokenizer, train_bpe
 
     tmp = out_dir.with_name(f".tmp-{out_dir.name}")
     if tmp.exists():
@@ -73,7 +76,7 @@ def _build(settings: TextDataSettings, out_dir: Path) -> None:
     index = pack_corpus(corpus, tok, tmp, settings.seq_len, validation_fraction=settings.validation_fraction,
                         split_seed=settings.split_seed)
     (tmp / "settings.json").write_text(json.dumps(asdict(settings), indent=2))
-    os.replace(tmp, out_dir)
+    atomic_replace_dir(tmp, out_dir)
     splits = {k: v["num_sequences"] for k, v in index["splits"].items()}
     print(f"[data] packed {splits} sequences of {settings.seq_len} tokens into {out_dir}")
 
@@ -82,8 +85,8 @@ class PackedTextData:
     """The packed directory + tokenizer of a run; builds them on first use (rank 0)."""
 
     def __init__(self, settings: TextDataSettings, dist_info: DistInfo):
-        from seqmodels.data.loader import read_index
-        from seqmodels.data.tokenizer import load_tokenizer, tokenizer_hash
+        from .loader import read_index
+        from .tokenizer import load_tokenizer, tokenizer_hash
 
         self.settings = settings
         self.dist = dist_info
@@ -108,7 +111,7 @@ class PackedTextData:
         self.seq_len = int(self.index["seq_len"])
 
     def train_loader(self, micro_batch_size: int, seed: int):
-        from seqmodels.data.loader import PackedLoader
+        from .loader import PackedLoader
 
         return PackedLoader(self.path, micro_batch_size, split="train", seed=seed, rank=self.dist.rank,
                             world_size=self.dist.world_size, shuffle=self.settings.shuffle,
@@ -116,7 +119,7 @@ class PackedTextData:
 
     def eval_batches(self, micro_batch_size: int) -> Optional[Callable[[], Iterable[dict]]]:
         """A factory of the same held-out batches at every eval (None without a validation split)."""
-        from seqmodels.data.loader import PackedLoader
+        from .loader import PackedLoader
 
         if "validation" not in self.index["splits"]:
             return None
@@ -133,3 +136,44 @@ class PackedTextData:
                 print(f"[data] no eval: {exc}")
             return None
         return batches
+
+
+def text_windows(tokenizer, path: str | Path, seq_len: int) -> Iterator[torch.Tensor]:
+    """Windows [n <= seq_len + 1] over the file's tokens + EOS, stride seq_len (the packing layout:
+    every token after the first is a target once; the last, partial window included)."""
+    ids = tokenizer(Path(path).read_text(), add_special_tokens=False)["input_ids"]
+    if tokenizer.eos_token_id is not None:
+        ids = ids + [tokenizer.eos_token_id]
+    if len(ids) < 2:
+        raise ValueError(f"{path} has {len(ids)} token(s); need at least 2 to score a prediction")
+    tokens = torch.tensor(ids, dtype=torch.long)
+    for start in range(0, len(tokens) - 1, seq_len):
+        yield tokens[start:start + seq_len + 1]
+
+
+def packed_windows(path: str | Path, split: str, tokenizer) -> Iterator[torch.Tensor]:
+    """Every window [seq_len + 1] of a packed split, in order (its tokenizer hash must match)."""
+    from .loader import PackedDataset
+    from .tokenizer import tokenizer_hash
+
+    dataset = PackedDataset(path, split, tokenizer_hash=tokenizer_hash(tokenizer))
+    for i in range(len(dataset)):
+        yield torch.from_numpy(dataset[i])
+
+
+def window_batches(windows: Iterable[torch.Tensor], batch_size: int) -> Iterator[dict]:
+    """Consecutive windows of equal length stacked into batches of at most batch_size, as aligned
+    {"input_ids": w[:, :-1], "labels": w[:, 1:]}."""
+    pending: list[torch.Tensor] = []
+
+    def batch() -> dict:
+        stacked = torch.stack(pending)
+        return {"input_ids": stacked[:, :-1], "labels": stacked[:, 1:]}
+
+    for window in windows:
+        if pending and (len(window) != len(pending[0]) or len(pending) == batch_size):
+            yield batch()
+            pending = []
+        pending.append(window)
+    if pending:
+        yield batch()

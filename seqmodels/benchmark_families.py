@@ -1,4 +1,5 @@
-"""Model configs of every registered causal LM family at one shape, for the benchmark scripts.
+"""Model configs of every registered causal LM family at one shape, for the benchmark scripts
+(scripts/bench_train.py, scripts/bench_decode.py).
 
 Each row starts from one of the family's `*-tiny` presets (a family with several, e.g. Mega and
 Mega-chunk, gets one row per preset; family-specific knobs — head dims, MLP kind,

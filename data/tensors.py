@@ -1,5 +1,5 @@
-"""In-memory datasets for the probe recipes (MQAR, LRA): a resumable, rank-aware batch loader over
-tensors, and batched evaluation helpers.
+"""In-memory datasets for the probes (MQAR, LRA): a resumable, rank-aware batch loader over
+tensors, and in-order evaluation batches (scored by seqmodels.train.evaluation).
 
 `TensorLoader` is the trainer's train-loader contract (an iterable of batch dicts with
 `state_dict()` / `load_state_dict()`, seqmodels.train.trainer): one pass is one epoch of
@@ -69,37 +69,3 @@ def eval_batches(tensors: dict, batch_size: int, limit: Optional[int] = None):
             yield {name: t[start:min(start + batch_size, stop)] for name, t in tensors.items()}
 
     return batches
-
-
-def accuracy_counts(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100) -> tuple[int, int]:
-    """(correct, counted): argmax(logits, -1) == labels over the positions where labels != ignore_index.
-
-    MQAR: logits [B, T, V], labels [B, T] with -100 except at answer positions (an answer counts
-    only if predicted exactly). Classification (LRA): logits [B, C], labels [B]."""
-    if logits.shape[:-1] != labels.shape:
-        raise ValueError(f"logits {tuple(logits.shape)} and labels {tuple(labels.shape)} disagree: "
-                         "expected logits [..., classes] with labels [...]")
-    mask = labels != ignore_index
-    correct = (logits.argmax(-1) == labels) & mask
-    return int(correct.sum()), int(mask.sum())
-
-
-@torch.no_grad()
-def evaluate_accuracy(model, tensors: dict, batch_size: int, device=None) -> float:
-    """Fraction of counted positions (see accuracy_counts) predicted exactly by `model(**inputs)`,
-    over all of `tensors` (input_ids, labels and optional attention_mask); the model is put in
-    eval mode for the pass and its previous mode restored."""
-    was_training = model.training
-    model.eval()
-    correct = counted = 0
-    try:
-        for batch in eval_batches(tensors, batch_size)():
-            batch = {k: v.to(device) if device is not None else v for k, v in batch.items()}
-            labels = batch.pop("labels")
-            c, n = accuracy_counts(model(**batch).logits.float(), labels)
-            correct, counted = correct + c, counted + n
-    finally:
-        model.train(was_training)
-    if counted == 0:
-        raise ValueError("no labelled positions to score (every label is -100)")
-    return correct / counted
