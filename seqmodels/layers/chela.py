@@ -95,6 +95,15 @@ def _positive_int(name, value, low=1):
         raise ValueError(f"mixer_options.chela.{name} must be an integer >= {low}, got {value!r}")
 
 
+def _dot_over_time(inputs: torch.Tensor, taps: torch.Tensor, block: int = 4096) -> torch.Tensor:
+    """Σ_i inputs[:, i] ⊙ taps[i]: inputs [B, n, d], taps [n, d] -> [B, d], in blocks of rows (the
+    product's temporary stays small; einsum transposes both operands: 7.6 ms vs 0.26 ms at n = 4k, d 128)."""
+    out = inputs.new_zeros(inputs.shape[0], inputs.shape[2])
+    for first in range(0, inputs.shape[1], block):
+        out = out + (inputs[:, first:first + block] * taps[first:first + block]).sum(1)
+    return out
+
+
 @register_mixer("chela")
 class Chela(Mixer):
     Options = ChelaOptions
@@ -253,9 +262,9 @@ class Chela(Mixer):
         k0, taps = self.step_kernel(s_t.dtype)
         tail, start = state.long_tail, state.long_start
         n = tail.shape[1]
-        y = s_t * k0 + torch.einsum("bnd,nd->bd", tail[:, start:], taps[: n - start])
+        y = s_t * k0 + _dot_over_time(tail[:, start:], taps[: n - start])
         if start:
-            y = y + torch.einsum("bnd,nd->bd", tail[:, :start], taps[n - start:])
+            y = y + _dot_over_time(tail[:, :start], taps[n - start:])
         if torch.is_grad_enabled():  # autograd saved the buffer for backward: write a copy
             tail = tail.clone()
         tail[:, start] = s_t
