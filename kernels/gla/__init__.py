@@ -5,6 +5,9 @@
 GLA (Yang et al. 2023, arXiv 2312.06635, Eqs. 2-5) with an optional value-side decay (ReLiT,
 arXiv 2310.15719). Backends: "naive" (masked T×T form, naive.py), "torch" (chunked, chunk.py),
 "triton" (triton_chunk.py), "fla" (fla's kernels, CUDA only), "auto" (triton on CUDA, torch on CPU).
+Inputs the Triton kernel cannot serve (value-side decay, a chunk size that is not a power of 2
+>= 16, CPU tensors outside TRITON_INTERPRET=1, no Triton) fall back to "torch" with one log
+warning per reason.
 A normalizer (linear attention's denominator) is the last output column when a ones column is
 appended to v (docs/architecture.md §3.2).
 """
@@ -118,11 +121,15 @@ def gla(
             backend = _fall_back("the Triton kernel has no value-side decay (log_decay_v)")
         else:
             try:
-                from .triton_chunk import gla_triton
+                from .triton_chunk import gla_triton, unsupported_reason
             except ImportError as err:
                 backend = _fall_back(f"the Triton kernel is unavailable ({err})")
             else:
-                return gla_triton(q, k, v, log_decay_k, scale, initial_state, output_final_state, reverse, chunk_size)
+                reason = unsupported_reason(q, chunk_size)
+                if reason is not None:
+                    backend = _fall_back(reason)
+                else:
+                    return gla_triton(q, k, v, log_decay_k, scale, initial_state, output_final_state, reverse, chunk_size)
     if backend == "naive":
         return gla_naive(*args)
     if backend == "fla":

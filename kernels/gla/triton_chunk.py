@@ -663,6 +663,20 @@ def _dgate(q, k, dq, dk, ht, dht, chunk_size, scalar_gate, gate_dtype):
     return dg
 
 
+def unsupported_reason(q: torch.Tensor, chunk_size: int) -> Optional[str]:
+    """Why these kernels cannot serve a call (a short phrase for the fallback log), or None if they can.
+
+    Checked: the chunk size (a power of 2 >= SUB_CHUNK), the device (CUDA, or CPU under
+    TRITON_INTERPRET=1) and the dtype (float64/float32/bfloat16/float16)."""
+    if chunk_size < SUB_CHUNK or chunk_size & (chunk_size - 1):
+        return f"the Triton kernel needs chunk_size a power of 2 >= {SUB_CHUNK} (got {chunk_size})"
+    if not q.is_cuda and not _interpreting():
+        return f"the Triton kernel needs CUDA tensors (got {q.device.type}; CPU runs only under TRITON_INTERPRET=1)"
+    if q.dtype not in _TL_DTYPES:
+        return f"the Triton kernel has no {q.dtype} path"
+    return None
+
+
 def _check_chunk_size(chunk_size: int) -> None:
     if chunk_size < SUB_CHUNK or chunk_size & (chunk_size - 1):
         raise ValueError(

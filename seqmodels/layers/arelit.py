@@ -2,20 +2,30 @@
 
 Pramanik et al., arXiv 2310.15719 (v2: AGaLiTe). Paper text not readable here (no equation
 numbers cited); follows docs/architecture.md §5.11 and the authors' code (github.com/subho406/agalite,
-src/models/relit/arelit.py). Same features, gates and block wiring as ReLiT (seqmodels/modules/relit_base.py); with
-ω_j = linspace(-π, π, r) and c_j(t) = cos(ω_j t), t = 1, 2, ... the token's 1-based position:
+src/models/relit/arelit.py). Same features, gates and block wiring as ReLiT
+(seqmodels/modules/relit_base.py); with
+ω_j = linspace(-π, π, r) and c_j(t) = cos(ω_j t), t = t₀, t₀+1, ... the token's tick
+(t₀ = `first_tick`, 2 by default as released: the released memory starts at tick 1 and a
+sequence's first token gets tick 2):
 
     k̃_{j,t} = (1-γ_t) ⊙ k̃_{j,t-1} + c_j(t) γ_t ⊙ φ(k_t)       (j = 1..r, η·dk each)
     ṽ_{j,t} = (1-β_t) ⊙ ṽ_{j,t-1} + c_j(t) β_t ⊙ v_t            (dv each)
     s_t     = (1-γ_t) ⊙ s_{t-1}   + γ_t ⊙ φ(k_t)
-    o_t     = Σ_j ṽ_{j,t} (k̃_{j,t} · φ(q_t)) / (2r · s_t · φ(q_t) + eps)
+    o_t     = (Σ_j ṽ_{j,t} (k̃_{j,t} · φ(q_t)) + eps) / (2r · s_t · φ(q_t) + eps)
 
 (Σ_j c_j(t) c_j(t') ≈ (r/2)·[t = t'] makes Σ_j ṽ_j k̃_jᵀ approximate ReLiT's C_t.) Two `gla`
 calls compute it: (A) q = φ(q), k = γ⊙φ(k), v = [c_1(t) .. c_r(t), 1], log_decay_k = log(1-γ):
 its state is [k̃_1 .. k̃_r | s] and its output [k̃_j·φ(q)]_j, s·φ(q); (B) q = k = 1 (Dk = 1),
 v = [c_j(t) β_t⊙v_t]_j, log_decay_v = log(1-β) per trace: its output is the traces ṽ_{j,t}.
-Differences from the released code, both harmless re-parametrizations: its tick starts at 2 for
-the first token (we use t = 1), and it adds eps to the numerator as well.
+Both defaults reproduce the released code (tests/layers/test_arelit.py checks r = 2..5 against a
+token loop of its equations in float64). The tick offset is not a re-parametrization: for r <= 3
+the frequencies are 0 and ±π, where shifting every tick by one flips or keeps the sign of both
+traces together and the output does not change, but from r = 4 on ω_j t₀ moves the modulation
+and the output differs (t₀ = 1 vs 2: 0.07 relative RMS on the random layer of
+tests/layers/test_arelit.py at r = 4 and 5). Options:
+`first_tick: 1` counts positions from 1;
+`numerator_eps: false` drops the eps added to the numerator (it only shifts o_t by
+eps / denominator, and makes a token with φ(q_t) = 0 output eps/eps = 1 rather than 0).
 Block options (standard / gtrxl) as in ReLiT.
 Decoding state: ArelitState (k̃ and s [B,H,η·dk,r+1], ṽ [B,H,1,r·dv], seen_tokens), constant in T.
 """
@@ -38,10 +48,15 @@ from seqmodels.modules.relit_base import ReLiTBase, ReLiTOptions
 class AReLiTOptions(ReLiTOptions):
     family: ClassVar[str] = "arelit"
     r: int = 2  # number of cosine frequencies (the released T-Maze config uses 2)
+    first_tick: int = 2  # tick of a sequence's first token: 2 as released, 1 = 1-based positions
+    numerator_eps: bool = True  # add eps to the numerator as well, as released
 
     def __post_init__(self):
         super().__post_init__()
         check_int_option(self.family, "r", self.r)
+        check_int_option(self.family, "first_tick", self.first_tick)
+        if not isinstance(self.numerator_eps, bool):
+            raise ValueError(f"mixer_options.{self.family}.numerator_eps must be true or false, got {self.numerator_eps!r}")
 
 
 @dataclass
@@ -60,10 +75,12 @@ class AReLiT(ReLiTBase):
         self.r = self.options.r
 
     def modulation(self, seen_tokens: int, time: int, dtype) -> torch.Tensor:
-        """c_j(t) = cos(ω_j t) for t = seen_tokens+1 .. seen_tokens+time (1-based positions): [time, r] (in float64)."""
+        """c_j(t) = cos(ω_j t) for the `time` tokens after `seen_tokens` tokens: t = t₀+seen_tokens .. t₀+seen_tokens+time-1
+        (t₀ = first_tick); [time, r], computed in float64."""
         device = self.o_proj.weight.device
         omega = torch.linspace(-math.pi, math.pi, self.r, dtype=torch.float64, device=device)
-        t = torch.arange(seen_tokens + 1, seen_tokens + time + 1, dtype=torch.float64, device=device)
+        t0 = seen_tokens + self.options.first_tick
+        t = torch.arange(t0, t0 + time, dtype=torch.float64, device=device)
         return torch.cos(t[:, None] * omega[None, :]).to(dtype)
 
     def _gla_inputs(self, x, seen_tokens):
@@ -78,11 +95,13 @@ class AReLiT(ReLiTBase):
         return (phi_q, k, a_values, log_decay_k), (ones, ones, b_values, b_decay)
 
     def _combine(self, a_out, b_out):
-        """o = Σ_j ṽ_j (k̃_j·φ(q)) / (2r s·φ(q) + eps) from call A's [.., r+1] and call B's [.., r·dv]."""
-        r = self.r
+        """o = (Σ_j ṽ_j (k̃_j·φ(q)) [+ eps]) / (2r s·φ(q) + eps) from call A's [.., r+1] and call B's [.., r·dv]."""
+        r, eps = self.r, self.options.eps
         traces = b_out.unflatten(-1, (r, self.head_dim_v))
         numerator = (traces * a_out[..., :r, None]).sum(-2)
-        return numerator / (2 * r * a_out[..., r:] + self.options.eps)
+        if self.options.numerator_eps:
+            numerator = numerator + eps
+        return numerator / (2 * r * a_out[..., r:] + eps)
 
     def init_state(self, batch_size, device=None, dtype=None) -> ArelitState:
         sd = compute_dtype(dtype or torch.float32)

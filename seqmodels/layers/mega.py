@@ -22,6 +22,12 @@ rotated by sinusoidal angles (Mega's RotaryRelativePositionalBias); it depends o
 we evaluate Rot_{i−j}(a) · b, and it has no length limit.
 Mega-chunk (§3.5, Options.attention_chunk = c): attention only inside fixed chunks
 [mc, (m+1)c) of absolute positions; the EMA crosses chunks. Full attention otherwise.
+EMA truncation (Options.ema_truncation = L, default null = none): the EMA as the causal
+convolution y_t = Σ_{l<L} K_l x̂_{t−l}, K_l = N^{-1/2} Σ_n γ_n p_n β_n q_n^l, i.e. its kernel cut
+to L taps, as fairseq's Mega does (`truncation`, 2,048 by default there, 8,192 in its LM recipe):
+set it to load fairseq checkpoints, whose outputs past position L differ from the untruncated EMA.
+It runs through `seqmodels.kernels.long_conv` (FFT in training, direct for the naive backend)
+and decodes with the last L−1 normalized inputs as the EMA state (O(L·d) per token, bounded).
 
 Decisions (docs/architecture.md §5.7): the EMA runs through `seqmodels.kernels.ema` (FFT kernel for
 training, "naive" token loop for the naive backend, `ema_step` for decoding) in float32
@@ -49,6 +55,7 @@ from torch import nn
 from seqmodels.kernels._dtype import compute_dtype
 from seqmodels.kernels.attention import ChunkCache, KVCache, attention
 from seqmodels.kernels.ema import ema, ema_step
+from seqmodels.kernels.long_conv import long_conv, long_conv_step
 from seqmodels.layers.base import Mixer
 from seqmodels.layers.registry import register_mixer
 from seqmodels.modules.norm import build_norm
@@ -69,11 +76,12 @@ class MegaOptions:
     attention_chunk: Optional[int] = None  # Mega-chunk size c (§3.5); None = full causal attention
     rel_pos_bias: str = "simple"  # "simple" (learned per offset) | "rotary" (Mega's rotary bias)
     nffn_hidden: Optional[int] = None  # normalized FFN hidden width; None = 2 * d_model; 0 = no NFFN
+    ema_truncation: Optional[int] = None  # EMA kernel taps L (fairseq's `truncation`); None = untruncated
 
 
 @dataclass
 class MegaState:
-    ema: torch.Tensor  # [B, d_model, ema_dim], float32 (float64 for float64 models)
+    ema: torch.Tensor  # [B, d_model, ema_dim] (with ema_truncation L: the last L-1 inputs [B, L-1, d_model]), float32/float64
     attn: Union[ChunkCache, KVCache]  # key [B, L, 1, z_dim], value [B, L, 1, v_dim]
 
     @property
@@ -152,7 +160,7 @@ class Mega(Mixer):
 
     @staticmethod
     def check_config(cfg, options) -> None:
-        for name in ("ema_dim", "z_dim", "v_dim", "attention_chunk"):
+        for name in ("ema_dim", "z_dim", "v_dim", "attention_chunk", "ema_truncation"):
             check_int_option("mega", name, getattr(options, name), optional=True)
         hidden = options.nffn_hidden
         check_int_option("mega", "nffn_hidden", hidden, minimum=0, optional=True)
@@ -191,6 +199,22 @@ class Mega(Mixer):
         p = torch.sigmoid(self.ema_delta.to(work))
         log_q = torch.log1p(-p * torch.sigmoid(self.ema_alpha.to(work)))
         return p, log_q, self.ema_beta.to(work), self.ema_gamma.to(work)
+
+    def _ema_kernel(self, work):
+        """K_l = N^{-1/2} Σ_n γ_n p_n β_n q_n^l for l < ema_truncation: [d, L] (fairseq's truncated kernel)."""
+        p, log_q, beta, gamma = self._ema_params(work)
+        lags = torch.arange(self.options.ema_truncation, device=p.device, dtype=work)
+        return torch.einsum("dnl,dn->dl", torch.exp(log_q.unsqueeze(-1) * lags), gamma * p * beta) * gamma.shape[1] ** -0.5
+
+    def _run_ema(self, x_norm, state, return_state: bool):
+        """EMA readout [B, T, d] (work dtype) and the new EMA state (h, or the input tail if truncated)."""
+        work = compute_dtype(x_norm.dtype)
+        h0 = None if state is None else state.ema
+        if self.options.ema_truncation is None:
+            return ema(x_norm.to(work), *self._ema_params(work), initial_state=h0, output_final_state=return_state,
+                       chunk_size=self.cfg.chunk_size, backend=self.ema_backend)
+        backend = "naive" if self.ema_backend == "naive" else "auto"
+        return long_conv(x_norm.to(work), self._ema_kernel(work), h0, return_state, backend=backend)
 
     def _gates(self, x_norm, ema_y):
         """From x̂ and the EMA readout: update gate u, q, k, reset r, ĥ (§3.2)."""
@@ -256,7 +280,10 @@ class Mega(Mixer):
     # ----------------------------------------------------------- contract
     def init_state(self, batch_size, device=None, dtype=None) -> MegaState:
         work = compute_dtype(dtype)
-        h = torch.zeros(batch_size, self.cfg.d_model, self.options.ema_dim, device=device, dtype=work)
+        if self.options.ema_truncation is None:
+            h = torch.zeros(batch_size, self.cfg.d_model, self.options.ema_dim, device=device, dtype=work)
+        else:
+            h = torch.zeros(batch_size, self.options.ema_truncation - 1, self.cfg.d_model, device=device, dtype=work)
         slots = self.chunk or 0
         k = torch.zeros(batch_size, slots, 1, self.z_dim, device=device, dtype=dtype)
         v = torch.zeros(batch_size, slots, 1, self.v_dim, device=device, dtype=dtype)
@@ -268,9 +295,7 @@ class Mega(Mixer):
         self._check_positions(seen_tokens + time)
         x_norm = self.norm(x)
         value = F.silu(self.v_proj(x_norm))
-        work = compute_dtype(x.dtype)
-        ema_y, h = ema(x_norm.to(work), *self._ema_params(work), initial_state=None if state is None else state.ema,
-                       output_final_state=return_state, chunk_size=self.cfg.chunk_size, backend=self.ema_backend)
+        ema_y, h = self._run_ema(x_norm, state, return_state)
         u, q, k, r, h_hat = self._gates(x_norm, ema_y)
 
         # keys/values of the current (partial) chunk, or all past keys in full attention
@@ -308,7 +333,10 @@ class Mega(Mixer):
         x_norm = self.norm(x_t)
         value = F.silu(self.v_proj(x_norm))
         work = compute_dtype(x_t.dtype)
-        ema_y, h = ema_step(x_norm.to(work), *self._ema_params(work), state=state.ema)
+        if self.options.ema_truncation is None:
+            ema_y, h = ema_step(x_norm.to(work), *self._ema_params(work), state=state.ema)
+        else:
+            ema_y, h = long_conv_step(x_norm.to(work), self._ema_kernel(work), state.ema)
         u, q, k, r, h_hat = self._gates(x_norm, ema_y)
         cache = _copy_cache(state.attn)  # the caller's state stays valid (e.g. to branch decoding)
         cache = cache.append(k[:, None, None], value[:, None, None])

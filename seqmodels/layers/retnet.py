@@ -18,6 +18,14 @@ after the head norm (up to its eps). `head_norm`: "rmsnorm" (torchscale's per-he
 without affine, the default) or "groupnorm" (the paper's GroupNorm over heads, with affine).
 Paper shapes: head Dk 256, value dimension 2·d_model (`head_dim_v`), FFN 2·d_model.
 
+Rotary schedule (`rotary_schedule`): "rope" (default) is the standard rotary of rope.py,
+θ_i = base^{-2i/Dk} with channel i paired with channel i + Dk/2 (rotate-half). "torchscale" is
+the released code's (github.com/microsoft/torchscale, torchscale/architecture/retnet.py,
+RetNetRelPos and theta_shift): θ_i = base^{-i/(Dk/2-1)} for i = 0..Dk/2-1 (linspace(0, 1) in the
+exponent) with channel 2i paired with 2i+1 (rotate-every-two), positions from 0. Set it to load
+torchscale RetNet weights: with "rope" their q/k would be rotated by other angles and pairs.
+base = cfg.rope_theta (10000 in both).
+
 Decoding state: GLAState (S per head and the rotary position of the next token).
 """
 from __future__ import annotations
@@ -34,22 +42,38 @@ from seqmodels.modules.norm import RMSNorm
 from seqmodels.modules.rope import apply_rope, rope_cos_sin
 
 HEAD_NORMS = ("rmsnorm", "groupnorm")
+ROTARY_SCHEDULES = ("rope", "torchscale")
 
 
 @dataclass
 class RetNetOptions:
     head_norm: str = "rmsnorm"  # "rmsnorm" (torchscale, no affine) | "groupnorm" (paper Eq. 8)
     rotary: bool = True  # Eq. 5's e^{inθ}
+    rotary_schedule: str = "rope"  # "rope" (standard, rotate-half) | "torchscale" (its frequencies, adjacent pairs)
 
     def __post_init__(self) -> None:
         if self.head_norm not in HEAD_NORMS:
             raise ValueError(f"mixer_options.retnet.head_norm={self.head_norm!r} is not one of {list(HEAD_NORMS)}")
+        if self.rotary_schedule not in ROTARY_SCHEDULES:
+            raise ValueError(f"mixer_options.retnet.rotary_schedule={self.rotary_schedule!r} is not one of {list(ROTARY_SCHEDULES)}")
 
 
 def retention_log_decay(n_heads: int, dtype=torch.float64, device=None) -> torch.Tensor:
     """ln γ_h = ln(1 - 2^{-5-h}) for h = 0..n_heads-1 (arXiv 2307.08621 §2.2), shape [H]."""
     h = torch.arange(n_heads, dtype=torch.float64, device=device)
     return torch.log1p(-torch.exp2(-5.0 - h)).to(dtype)
+
+
+def torchscale_rotary(x: torch.Tensor, positions: torch.Tensor, base: float) -> torch.Tensor:
+    """x [B, T, H, D] rotated as torchscale's RetNet: θ_i = base^{-i/(D/2-1)}, pairs (2i, 2i+1):
+    (x_{2i}, x_{2i+1}) -> (x_{2i} cos - x_{2i+1} sin, x_{2i+1} cos + x_{2i} sin) at angle n θ_i.
+    Angles in float64, then x's dtype."""
+    half = x.shape[-1] // 2
+    theta = base ** -torch.linspace(0, 1, half, dtype=torch.float64, device=x.device)
+    angle = (positions.to(torch.float64)[:, None] * theta[None, :])[:, None, :]  # [T, 1, D/2]
+    cos, sin = angle.cos().to(x.dtype), angle.sin().to(x.dtype)
+    even, odd = x[..., 0::2], x[..., 1::2]
+    return torch.stack([even * cos - odd * sin, odd * cos + even * sin], dim=-1).flatten(-2)
 
 
 @register_mixer("retnet")
@@ -83,8 +107,11 @@ class MultiScaleRetention(GLAMixer):
         v = self.split_heads(self.v_proj(x), self.dv)
         if self.options.rotary:
             positions = torch.arange(offset, offset + time, device=x.device)
-            cos, sin = rope_cos_sin(positions, self.dk, self.cfg.rope_theta, x.dtype)
-            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+            if self.options.rotary_schedule == "torchscale":
+                q, k = (torchscale_rotary(t, positions, self.cfg.rope_theta) for t in (q, k))
+            else:
+                cos, sin = rope_cos_sin(positions, self.dk, self.cfg.rope_theta, x.dtype)
+                q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         return q, k, v
 
     def output(self, o: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

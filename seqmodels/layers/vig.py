@@ -10,12 +10,17 @@ inferred from T). Per layer:
     o^→ = GLA scan t = 1..T with α^→,   o^← = GLA scan t = T..1 with α^←   (`gla`, reverse=True)
     o   = ½ (o^→ + o^←)                   (the diagonal k_t v_tᵀ counted in both)
     g   = σ(L W_g + b)
-    y   = W_o[ RMSNorm_head(o) ⊙ g + RMSNorm_head(L) ⊙ (1 - g) ]             (gated local/global)
+    m   = RMSNorm_head(o) ⊙ g + RMSNorm_head(L) ⊙ (1 - g)                        (gated local/global)
+    y   = W_o m        (y = W_o SiLU(m) if `out_silu`)
 
 Width of q, k: expand_k·d (0.5); v has width d (expand_v must be 1: L and o share the gate).
 Bidirectional: `causal = False`, no step, no decoding state; use it with `head: classify`.
-Deviation from the released code: its DWConv SiLU defaults differ by config (the ViG-T/S/B
-configs turn it off); we default `conv_silu: false`. Rotary/2D-RoPE variants are not included.
+Activations, as in the released code (github.com/hustvl/ViG, classification/models/vig.py and
+configs/vig/vig-{t,s,b}.yaml): `conv_silu` is the SiLU after the depthwise conv (the released
+layer's default is on; the ViG-S and ViG-B configs turn it off, ViG-T keeps it), `out_silu` the
+SiLU on the mixed output before W_o (on only in ViG-T). Presets vig-t, vig-s, vig-b set both as
+those configs do; our defaults are both off (the S/B setting). Rotary/2D-RoPE variants (the
+released `rope_mode`, unset or none in those configs) are not included.
 """
 from __future__ import annotations
 
@@ -40,7 +45,8 @@ class ViGOptions:
     expand_v: float = 1.0  # must be 1: RMSNorm(L) and RMSNorm(o) are mixed channel by channel
     gate_rank: int = 16
     gate_normalizer: float = 16.0
-    conv_silu: bool = False
+    conv_silu: bool = False  # SiLU after the depthwise conv (released ViG-T: on; ViG-S/B: off)
+    out_silu: bool = False  # SiLU on the gated mix before W_o (released ViG-T: on; ViG-S/B: off)
     conv_bias: bool = False
 
     def __post_init__(self) -> None:
@@ -113,10 +119,11 @@ class BidirectionalGLA(GLAMixer):
                 heads(forward_gate, self.dk), heads(backward_gate, self.dk))
 
     def output(self, o: torch.Tensor, local: torch.Tensor) -> torch.Tensor:
-        """W_o[RMSNorm(o) ⊙ g + RMSNorm(L) ⊙ (1 - g)], g = σ(L W_g + b); o [B, T, H, Dv], L [B, T, d]."""
+        """W_o[RMSNorm(o) ⊙ g + RMSNorm(L) ⊙ (1 - g)] (SiLU before W_o if out_silu), g = σ(L W_g + b);
+        o [B, T, H, Dv], L [B, T, d]."""
         g = torch.sigmoid(self.g_proj(local))
         mixed = self.o_norm(o).flatten(-2) * g + self.l_norm(local.reshape(o.shape)).flatten(-2) * (1 - g)
-        return self.o_proj(mixed)
+        return self.o_proj(F.silu(mixed) if self.options.out_silu else mixed)
 
     def forward(self, x, state=None, return_state: bool = False):
         if state is not None or return_state:

@@ -259,6 +259,49 @@ def test_triton_with_value_decay_falls_back_once(monkeypatch, caplog):
     assert len(messages) == 1, messages
 
 
+@pytest.mark.parametrize("chunk_size", [8, 24, 48])
+def test_triton_unsupported_chunk_size_falls_back_once(monkeypatch, caplog, chunk_size):
+    # chunk sizes the Triton kernel cannot tile (< 16 or not a power of 2): the chunked PyTorch
+    # backend serves them, bit for bit, and the log says so once however many calls follow
+    monkeypatch.setattr(gla_module, "_fallbacks_reported", set())
+    x = make_inputs("channel", initial_state=True, T=30)
+    o_ref, s_ref = gla_chunk(**x, output_final_state=True, chunk_size=chunk_size)
+    with caplog.at_level(logging.WARNING, logger=gla_module.__name__):
+        for _ in range(3):
+            o, s = gla(**x, output_final_state=True, chunk_size=chunk_size, backend="triton")
+            assert torch.equal(o, o_ref) and torch.equal(s, s_ref)
+    messages = [r.getMessage() for r in caplog.records if "chunk_size" in r.getMessage()]
+    assert len(messages) == 1, messages
+    assert f"got {chunk_size}" in messages[0] and "PyTorch backend" in messages[0]
+
+
+def test_triton_cpu_without_interpreter_falls_back(monkeypatch, caplog):
+    monkeypatch.setattr(gla_module, "_fallbacks_reported", set())
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    x = make_inputs("head", T=20)
+    o_ref, _ = gla_chunk(**x, chunk_size=16)
+    with caplog.at_level(logging.WARNING, logger=gla_module.__name__):
+        o, _ = gla(**x, chunk_size=16, backend="triton")
+    assert torch.equal(o, o_ref)
+    assert sum("CUDA tensors" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_triton_supported_chunk_size_does_not_fall_back(monkeypatch, caplog):
+    # a power-of-2 chunk on CPU under the interpreter (set by tests/conftest.py) runs the Triton
+    # kernel itself, without a log, and agrees with the chunked backend to float64 round-off
+    import seqmodels.kernels.gla.triton_chunk as triton_module
+    calls = []
+    real = triton_module.gla_triton
+    monkeypatch.setattr(triton_module, "gla_triton", lambda *a: calls.append(1) or real(*a))
+    monkeypatch.setattr(gla_module, "_fallbacks_reported", set())
+    x = make_inputs("head", T=20, B=1, H=2)
+    o_ref, _ = gla_chunk(**x, chunk_size=16)
+    with caplog.at_level(logging.WARNING, logger=gla_module.__name__):
+        o, _ = gla(**x, chunk_size=16, backend="triton")
+    assert calls == [1] and not caplog.records
+    assert_rel_close(o, o_ref, F64_TOL, "triton vs torch")
+
+
 def test_triton_unavailable_falls_back(monkeypatch, caplog):
     monkeypatch.setattr(gla_module, "_fallbacks_reported", set())
     monkeypatch.setitem(__import__("sys").modules, "seqmodels.kernels.gla.triton_chunk", None)  # import -> ImportError

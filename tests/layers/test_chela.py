@@ -127,11 +127,93 @@ def test_decode_keeps_bounded_tail():
     state = check_step_matches_forward(layer, x, TOL64)
     with torch.no_grad():
         s = F.silu(short_conv(layer.norm(x), layer.short_weight, layer.short_bias)[0])
-    assert_rel_close(state.long_tail, s[:, -5:], TOL64, "long-conv tail = last L_k - 1 inputs")
+    ordered = state.long_tail.roll(-state.long_start, dims=1)  # ring buffer, oldest input at long_start
+    assert state.long_start == 29 % 5
+    assert_rel_close(ordered, s[:, -5:], TOL64, "long-conv tail = last L_k - 1 inputs")
     expected = 8 * 2 * ((3 - 1) * 10 + (6 - 1) * 10 + 2 * 5 * (5 + 1))  # float64, batch 2
     with torch.no_grad():
         sizes = {t: state_nbytes(layer(x[:, :t], return_state=True)[1]) for t in (1, 6, 29)}
     assert set(sizes.values()) == {expected}, sizes
+
+
+def uncached_step(layer, x_t, state):
+    """The step without kernel cache or ring buffer: the kernel rebuilt from the parameters, the
+    tail in time order, long_conv_step (cat, flip, dot). Returns (y_t, state with ordered tail)."""
+    from seqmodels.kernels.gla import gla_step
+    from seqmodels.kernels.long_conv import long_conv_step
+    from seqmodels.kernels.short_conv import short_conv_step
+    from seqmodels.layers.chela import ChelaState
+
+    x_norm = layer.norm(x_t)
+    short_out, short_tail = short_conv_step(x_norm, layer.short_weight, layer.short_bias, state.short_tail)
+    tail = state.long_tail.roll(-state.long_start, dims=1)
+    x_prime, long_tail = long_conv_step(F.silu(short_out), layer.long_kernel().to(x_t.dtype), tail)
+    q, k, v, r, u, h = layer._projections(x_norm, x_prime)
+    attn, attn_state = gla_step(q, k, v, state=state.attn, scale=1.0)
+    return layer._output(x_t, attn, r, u, h), ChelaState(short_tail, long_tail, attn_state, 0)
+
+
+def test_cached_ring_buffer_step_equals_uncached_step():
+    """The cached kernel + ring buffer step == the uncached step, token by token past several
+    wraps of the buffer (L_k = 7, 40 steps after a 9-token prefill), float64 <= 1e-10; an in-place
+    parameter update rebuilds the cached kernel."""
+    layer = strong(build_mixer(chela_cfg(long_kernel=7, parallel_short_kernel=2)))
+    x = torch.randn(2, 49, 10, dtype=torch.float64)
+    with torch.no_grad():
+        _, state = layer(x[:, :9], return_state=True)
+        _, ref_state = layer(x[:, :9], return_state=True)
+        for t in range(9, 49):
+            if t == 30:
+                layer.long_weight.mul_(1.5)  # e.g. an optimizer step: the cache must not serve the old kernel
+            y, state = layer.step(x[:, t], state)
+            y_ref, ref_state = uncached_step(layer, x[:, t], ref_state)
+            assert_rel_close(y, y_ref, TOL64, f"cached step vs uncached step at t={t}")
+        assert_rel_close(state.long_tail.roll(-state.long_start, dims=1), ref_state.long_tail, TOL64, "ring buffer")
+        assert layer._step_kernel_cache is not None
+
+
+def test_kernel_not_cached_while_autograd_records():
+    layer = build_mixer(chela_cfg(long_kernel=5))
+    state = layer.init_state(1, dtype=torch.float64)
+    y, _ = layer.step(torch.randn(1, 10, dtype=torch.float64), state)
+    assert layer._step_kernel_cache is None
+    (grad,) = torch.autograd.grad(y.sum(), [layer.long_weight])
+    assert grad.abs().sum() > 0
+
+
+SSM = {"long_kernel": None, "long_kernel_form": "ssm", "ssm_order": 3}
+
+
+@pytest.mark.parametrize("options", [SSM, {**SSM, "feature_map": "identity", "normalize": False}])
+def test_ssm_long_kernel_contract_constant_state(options):
+    """long_kernel_form ssm: naive == chunked with gradients, forward == step == prefill (float64
+    <= 1e-10), state bytes equal at T and 4T (h [B, d, N, 2], no input tail)."""
+    check_mixer_contract(chela_cfg(**options), time=37, split=19)
+    layer = build_mixer(chela_cfg(**options))
+    assert layer.init_state(2, dtype=torch.float64).long_tail.shape == (2, 10, 3, 2)
+
+
+def test_ssm_long_kernel_is_the_damped_exponential_sum():
+    """The layer's long conv output == the direct convolution with K_l = Re Σ_n C_n λ_n^l."""
+    from seqmodels.kernels.long_conv import long_conv_direct
+
+    layer = build_mixer(chela_cfg(**SSM))
+    s = torch.randn(2, 30, 10, dtype=torch.float64)
+    rate, freq, coeff = (p.detach() for p in layer.ssm_params())
+    lags = torch.arange(30, dtype=torch.float64)
+    lam = torch.exp(-rate.exp() + 1j * freq)  # [d, N]
+    kernel = (torch.complex(coeff[..., 0], coeff[..., 1])[..., None] * lam[..., None] ** lags).real.sum(1)
+    with torch.no_grad():
+        y, _ = layer._long_forward(s, None, False)
+    assert_rel_close(y, long_conv_direct(s, kernel), TOL64, "ssm long conv vs direct convolution")
+
+
+def test_ssm_preset_trains_and_generates():
+    cfg = ModelConfig.from_preset("chela-ssm-tiny", vocab_size=64, d_model=32, max_seq_len=128)
+    assert cfg.mixer_options["chela"]["long_kernel_form"] == "ssm"
+    first, last, model = train_toy_sequence(cfg, steps=50, lr=1e-2)
+    assert last < 0.05 * first, f"chela-ssm-tiny: loss {first:.3f} -> {last:.3f}"
+    check_generate_matches_forward(model, torch.randint(0, 64, (2, 21)), new_tokens=14)
 
 
 def test_float32_step_matches_forward():
@@ -157,6 +239,10 @@ def test_errors():
         chela_cfg(long_kernel=4, parallel_short_kernel=5)
     with pytest.raises(ValueError, match="unknown option"):
         chela_cfg(kernel_size=3)
+    with pytest.raises(ValueError, match=r"long_kernel_form='s4' is not one of \['free', 'ssm'\]"):
+        chela_cfg(long_kernel_form="s4")
+    with pytest.raises(ValueError, match="the ssm kernel has no length and no fold"):
+        chela_cfg(long_kernel_form="ssm")  # chela_cfg sets long_kernel 16
 
 
 def test_toy_training_and_generate():

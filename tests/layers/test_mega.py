@@ -61,7 +61,11 @@ def reference_mega(layer, x):
     h = torch.zeros(x.shape[0], cfg.d_model, opts.ema_dim, dtype=x.dtype)
     ema_y = []
     for t in range(x.shape[1]):
-        h = p * layer.ema_beta * xn[:, t, :, None] + q_decay * h
+        if opts.ema_truncation is None:
+            h = p * layer.ema_beta * xn[:, t, :, None] + q_decay * h
+        else:  # fairseq's truncated kernel: only the last L inputs, h_t = Σ_{l<L} q^l p β x_{t-l}
+            h = sum(q_decay ** lag * p * layer.ema_beta * xn[:, t - lag, :, None]
+                    for lag in range(min(opts.ema_truncation, t + 1)))
         ema_y.append((h * layer.ema_gamma).sum(-1) / math.sqrt(opts.ema_dim))
     x_prime = F.silu(torch.stack(ema_y, 1) + layer.ema_omega * xn)
     d, z_dim, v_dim = cfg.d_model, layer.z_dim, layer.v_dim
@@ -158,6 +162,36 @@ def test_prefill_in_uneven_pieces(chunk):
     continuing the previous state, == one forward; then decoding continues from that state."""
     layer = strong(build_mixer(mega_cfg(chunk, "laplace")))
     check_prefill_in_pieces(layer, torch.randn(2, 24, 10, dtype=torch.float64), (1, 2, 5, 9, 3), TOL64)
+
+
+@pytest.mark.parametrize("chunk", [None, 8])
+@pytest.mark.parametrize("truncation", [1, 5])
+def test_ema_truncation_contract_and_reference(chunk, truncation):
+    """ema_truncation L: forward == step == prefill (the contract, float64 <= 1e-10) and the layer
+    == the token-by-token reference that sums only the last L inputs; the EMA state is the last L-1 inputs."""
+    cfg = mega_cfg(chunk, ema_truncation=truncation)
+    check_mixer_contract(cfg, time=37, split=19, constant_state=chunk is not None)
+    layer = strong(build_mixer(cfg))
+    x = torch.randn(2, 23, cfg.d_model, dtype=torch.float64)
+    with torch.no_grad():
+        assert_rel_close(layer(x)[0], reference_mega(layer, x), TOL64, "truncated mega vs reference")
+        state = check_step_matches_forward(layer, x, TOL64)
+    assert state.ema.shape == (2, truncation - 1, cfg.d_model)
+    check_prefill_in_pieces(layer, torch.randn(2, 24, 10, dtype=torch.float64), (1, 2, 5, 9, 3), TOL64)
+
+
+def test_ema_truncation_changes_only_positions_past_it():
+    """Outputs before position L equal the untruncated layer's (same weights); from L on they differ."""
+    full = strong(build_mixer(mega_cfg(None, "softmax")))
+    cut = strong(build_mixer(mega_cfg(None, "softmax", ema_truncation=6)))
+    with torch.no_grad():
+        for name in ("ema_delta", "ema_alpha"):  # slow decays, so the cut is visible
+            for layer in (full, cut):
+                getattr(layer, name).fill_(-3.0 if name == "ema_alpha" else 0.0)
+        x = torch.randn(1, 20, 10, dtype=torch.float64)
+        y_full, y_cut = full(x)[0], cut(x)[0]
+    assert_rel_close(y_cut[:, :6], y_full[:, :6], TOL64, "positions < L")
+    assert (y_cut[:, 6:] - y_full[:, 6:]).abs().amax(-1).min() > 1e-6
 
 
 def test_fft_ema_equals_recurrent_ema_in_layer():

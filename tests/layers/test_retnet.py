@@ -86,3 +86,39 @@ def test_bad_config():
         small(head_dim_k=15)
     with pytest.raises(ValueError, match="unknown option"):
         small(mixer_options={"retnet": {"gamma": 0.9}})
+
+
+def torchscale_theta_shift(x, positions, head_dim):
+    """Transcription of torchscale's RetNetRelPos + theta_shift: angle = 1 / 10000 ** linspace(0, 1,
+    head_dim // 2), each angle repeated for an adjacent channel pair; rotate_every_two; float64."""
+    angle = 1.0 / (10000 ** torch.linspace(0, 1, head_dim // 2, dtype=torch.float64))
+    angle = angle.unsqueeze(-1).repeat(1, 2).flatten()
+    sin = torch.sin(positions[:, None].double() * angle[None, :])[:, None, :]
+    cos = torch.cos(positions[:, None].double() * angle[None, :])[:, None, :]
+    x1, x2 = x[..., ::2], x[..., 1::2]
+    rotated = torch.stack((-x2, x1), dim=-1).flatten(-2)
+    return x * cos + rotated * sin
+
+
+def test_torchscale_rotary_schedule_matches_its_theta_shift():
+    cfg = small(mixer_options={"retnet": {"rotary_schedule": "torchscale"}})
+    layer = build_mixer(cfg)
+    x = torch.randn(2, 13, cfg.d_model, dtype=torch.float64)
+    with torch.no_grad():
+        q, k, _ = layer.project(x, offset=5)
+        positions = torch.arange(5, 18)
+        raw_q, raw_k = layer.split_heads(layer.q_proj(x), layer.dk), layer.split_heads(layer.k_proj(x), layer.dk)
+        assert_rel_close(q, torchscale_theta_shift(raw_q, positions, layer.dk), 1e-13, "q vs torchscale theta_shift")
+        assert_rel_close(k, torchscale_theta_shift(raw_k, positions, layer.dk), 1e-13, "k vs torchscale theta_shift")
+        default = build_mixer(small())
+        q_rope, _, _ = default.project(x, offset=5)
+        assert (q_rope - q).abs().max() > 1e-2  # the two schedules really differ
+
+
+def test_torchscale_rotary_schedule_contract():
+    check_mixer_contract(small(mixer_options={"retnet": {"rotary_schedule": "torchscale"}}))
+
+
+def test_bad_rotary_schedule():
+    with pytest.raises(ValueError, match=r"rotary_schedule='xpos' is not one of \['rope', 'torchscale'\]"):
+        small(mixer_options={"retnet": {"rotary_schedule": "xpos"}})

@@ -1,7 +1,9 @@
 """ViG bidirectional GLA (arXiv 2405.18425; docs/architecture.md §5.4): parallel two-mask form == two chunked
-scans == two token-by-token scans, float64 at relative error <= 1e-10."""
+scans == two token-by-token scans, float64 at relative error <= 1e-10, for each released preset's
+activation flags; the conv and output SiLU options against the released layer's equations."""
 import pytest
 import torch
+import torch.nn.functional as F
 
 from seqmodels import ModelConfig, SeqLM
 from seqmodels.kernels.gla import gla_step
@@ -66,6 +68,66 @@ def test_two_mask_form_equals_chunked_and_token_scans(gate_normalizer):
     assert_rel_close(y, parallel, TOL64, "chunked scans vs two-mask form")
     assert_rel_close(mixer.output(token_scans(q, k, v, fwd, bwd, mixer.scale), local), parallel, TOL64,
                      "token-by-token scans vs two-mask form")
+
+
+PRESETS = {"vig-t": (True, True), "vig-s": (False, False), "vig-b": (False, False)}  # (conv_silu, out_silu)
+
+
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_presets_are_shaped_like_the_released_configs(name):
+    cfg = ModelConfig.from_preset(name)
+    width, heads = {"vig-t": (192, 3), "vig-s": (384, 6), "vig-b": (768, 12)}[name]
+    opts = cfg.mixer_options["vig"]
+    assert (cfg.d_model, cfg.n_heads, cfg.n_layers, cfg.mlp_ratio) == (width, heads, 12, 4)
+    assert (opts["expand_k"], opts["expand_v"]) == (0.5, 1.0)
+    assert (opts["conv_silu"], opts["out_silu"]) == PRESETS[name]
+
+
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_forms_agree_with_each_presets_flags(name):
+    """The preset's flags at a small width (d 24, its head count halved for vig-b): two-mask form ==
+    chunked scans == token scans, and naive == chunked with gradients."""
+    heads = {"vig-t": 3, "vig-s": 6, "vig-b": 6}[name]
+    cfg = ModelConfig.from_preset(name, d_model=24, n_heads=heads, n_layers=1, chunk_size=16,
+                                  mixer_options={"vig": {**ModelConfig.from_preset(name).mixer_options["vig"], "gate_rank": 4}})
+    mixer = build_mixer(cfg)
+    assert (mixer.options.conv_silu, mixer.options.out_silu) == PRESETS[name]
+    x = torch.randn(2, 36, 24, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    local = mixer.locality(x)
+    q, k, v, fwd, bwd = mixer.project(local)
+    parallel = mixer.output(two_mask_form(q, k, v, fwd, bwd, mixer.scale), local)
+    assert_rel_close(mixer(x)[0], parallel, TOL64, f"{name}: chunked scans vs two-mask form")
+    assert_rel_close(mixer.output(token_scans(q, k, v, fwd, bwd, mixer.scale), local), parallel, TOL64,
+                     f"{name}: token scans vs two-mask form")
+    check_backends_agree(cfg, x)
+
+
+def released_vig(mixer, x, conv_silu, out_silu):
+    """The released layer's forward, written from its equations with the mixer's weights:
+    xs = [SiLU](DWConv3×3(x)); BiGLA on xs; o = g_norm(o); g = σ(g_proj(xs));
+    o = o g + l_norm(xs) (1 - g); [o = SiLU(o)]; o_proj(o). Square grid."""
+    B, T, d = x.shape
+    side = int(T ** 0.5)
+    xs = mixer.local_conv(x.transpose(1, 2).reshape(B, d, side, side)).flatten(2).transpose(1, 2)
+    if conv_silu:
+        xs = F.silu(xs)
+    q, k, v, fwd, bwd = mixer.project(xs)
+    o = two_mask_form(q, k, v, fwd, bwd, mixer.scale)
+    g = torch.sigmoid(mixer.g_proj(xs))
+    o = mixer.o_norm(o).flatten(-2) * g + mixer.l_norm(xs.reshape(o.shape)).flatten(-2) * (1 - g)
+    return mixer.o_proj(F.silu(o) if out_silu else o)
+
+
+@pytest.mark.parametrize("conv_silu,out_silu", [(False, False), (True, False), (False, True), (True, True)])
+def test_activation_options_follow_the_released_equations(conv_silu, out_silu):
+    cfg = small(mixer_options={"vig": {"gate_rank": 8, "conv_silu": conv_silu, "out_silu": out_silu}})
+    mixer = build_mixer(cfg)
+    x = torch.randn(2, 36, cfg.d_model, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    with torch.no_grad():
+        y = mixer(x)[0]
+        assert_rel_close(y, released_vig(mixer, x, conv_silu, out_silu), TOL64, "vig vs released equations")
+        for other in [(c, o) for c in (False, True) for o in (False, True) if (c, o) != (conv_silu, out_silu)]:
+            assert (y - released_vig(mixer, x, *other)).abs().max() > 1e-3, f"{other} gives the same output"
 
 
 def test_locality_is_a_3x3_neighbourhood_on_the_grid():
