@@ -21,7 +21,7 @@ from typing import Optional, Tuple
 import torch
 
 from .._validate import check_same_device_dtype, check_shape
-from .fft import ssm_conv_fft
+from .chunk import ssm_conv_fft
 from .naive import ssm_conv_naive
 from .recurrent import ssm_conv_recurrent, ssm_conv_step_real
 
@@ -33,7 +33,7 @@ BACKENDS = ("auto", "naive", "fft", "recurrent")
 def ssm_kernel(log_rate: torch.Tensor, frequency: torch.Tensor, coeff: torch.Tensor, length: int,
                start: int = 0) -> torch.Tensor:
     """K_l = Re Σ_n C_n λ_n^l for l = start .. start+length−1: [D, length], in log_rate's dtype."""
-    from .fft import powers
+    from .chunk import powers
 
     real, imag = powers(log_rate, frequency, length, start)  # [D, N, length]
     return torch.einsum("dnl,dn->dl", real, coeff[..., 0]) - torch.einsum("dnl,dn->dl", imag, coeff[..., 1])

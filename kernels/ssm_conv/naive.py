@@ -6,7 +6,7 @@ from typing import Optional, Tuple
 
 import torch
 
-from .fft import complex_mul, powers
+from .chunk import complex_mul, powers
 
 
 def ssm_conv_naive(

@@ -6,7 +6,7 @@ from typing import Optional, Tuple
 
 import torch
 
-from .fft import complex_mul
+from .chunk import complex_mul
 
 
 def ssm_conv_step_real(x_t, lam_re, lam_im, coeff, h) -> Tuple[torch.Tensor, torch.Tensor]:

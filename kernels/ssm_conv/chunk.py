@@ -7,7 +7,7 @@ from typing import Optional, Tuple
 
 import torch
 
-from ..long_conv.fft import long_conv_fft
+from ..long_conv.chunk import long_conv_fft
 
 
 def powers(log_rate: torch.Tensor, frequency: torch.Tensor, length: int, start: int = 0):
