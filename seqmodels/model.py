@@ -88,11 +88,17 @@ class SeqLM(nn.Module):
             raise ValueError(f"{name} has shape {shape}; expected {want}")
         if input_ids.dtype not in (torch.int64, torch.int32):
             raise ValueError(f"{name} must hold integer token ids, got dtype {input_ids.dtype}")
-        if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= self.cfg.vocab_size):
-            raise ValueError(
-                f"{name} has token ids in [{int(input_ids.min())}, {int(input_ids.max())}] but vocab_size is "
-                f"{self.cfg.vocab_size}: the tokenizer and the model config disagree"
-            )
+        if not input_ids.numel():
+            return
+        low, high = torch.aminmax(input_ids)
+        in_range = (low >= 0) & (high < self.cfg.vocab_size)
+        disagree = f"but vocab_size is {self.cfg.vocab_size}: the tokenizer and the model config disagree"
+        try:  # on CUDA a device-side assert (no host read, fails at a later sync); on CPU it raises here
+            torch._assert_async(in_range, f"{name} has token ids outside [0, {self.cfg.vocab_size}) {disagree}")
+        except RuntimeError:
+            if input_ids.is_cuda:  # an earlier kernel's error surfacing here
+                raise
+            raise ValueError(f"{name} has token ids in [{int(low)}, {int(high)}] {disagree}") from None
 
     # -------------------------------------------------------------- forward
     def init_state(self, batch_size: int, device=None, dtype=None) -> ModelState:

@@ -75,6 +75,15 @@ def all_reduce_mean(value: float) -> float:
     return _all_reduce(value, "sum") / world_size()
 
 
+def all_reduce_sum_(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum over ranks in place on the tensor's device; no host read (the caller reads once, later)."""
+    import torch.distributed as dist
+
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
 def world_size() -> int:
     import torch.distributed as dist
 

@@ -10,6 +10,13 @@ pretrain, linearize and probe recipes share it.
 Steps are optimizer steps; one step consumes `gradient_accumulation_steps` micro-batches per
 rank (the DeepSpeed JSON sets micro-batch size, accumulation and clipping). The logged loss of
 a step is the mean over its micro-batches and over ranks.
+
+Host-device synchronisation: a step's losses, non-finite flags and (ZeRO-0) gradient norm stay
+on the device and are read once, after the last backward and before the update (StepTally);
+metrics.jsonl gets every step from that read. Exceptions: while `train.nan_skip_batches` still
+allows a skip, each micro-batch's flag is read before its backward (skipping needs the answer
+then); under ZeRO >= 1 DeepSpeed's gradient norm is read after its step; eval, checkpoint and
+callback steps read what they need.
 """
 from __future__ import annotations
 
@@ -28,6 +35,7 @@ from seqmodels.train.checkpoint import CheckpointManager, rng_state, set_rng_sta
 from seqmodels.train.distributed import DistInfo, all_reduce_max, all_reduce_mean, barrier
 from seqmodels.train.monitor import Monitor
 from seqmodels.train.schedule import warmup_cosine_scheduler
+from seqmodels.train.step_tally import StepReading, StepTally, nonfinite_ranks
 
 
 @dataclass
@@ -140,14 +148,15 @@ def _batch_tokens(batch: dict) -> int:
 
 
 def params_finite(engine) -> bool:
-    """All parameters finite on every rank (ZeRO-3 checks each rank's own partition)."""
-    bad = 0.0
-    for param in engine.module.parameters():
-        local = getattr(param, "ds_tensor", param)
-        if local.numel() and not bool(torch.isfinite(local).all()):
-            bad = 1.0
-            break
+    """All parameters finite on every rank (ZeRO-3 checks each rank's own partition); one read."""
+    local = [getattr(param, "ds_tensor", param) for param in engine.module.parameters()]
+    finite = [torch.isfinite(tensor).all() for tensor in local if tensor.numel()]
+    bad = 0.0 if not finite or bool(torch.stack(finite).all()) else 1.0
     return all_reduce_max(bad) == 0.0
+
+
+def _ranks_text(ranks: list[int]) -> str:
+    return f"rank {ranks[0]}" if len(ranks) == 1 else "ranks " + ", ".join(map(str, ranks))
 
 
 def _memory_gb() -> float:
@@ -255,10 +264,10 @@ class Trainer:
             if not produced:
                 raise ValueError("the train loader produced no batch in a whole epoch")
 
-    def _nonfinite(self, what: str, micro: int) -> NonFiniteLossError:
+    def _nonfinite(self, what: str, step: int, micro: int) -> NonFiniteLossError:
         where = self.last_good_checkpoint or "none (no checkpoint saved yet)"
         return NonFiniteLossError(
-            f"{what} at step {self.step + 1} (micro-batch {micro + 1} of "
+            f"{what} at step {step} (micro-batch {micro + 1} of "
             f"{self.engine.gradient_accumulation_steps()}); stopped. Last good checkpoint: {where}. "
             f"Resume from it with a lower train.lr, or set train.nan_skip_batches: k to skip up to k bad batches "
             f"({self.skipped_batches} skipped so far)"
@@ -279,36 +288,18 @@ class Trainer:
         last_loss, eval_loss, saved_at = float("nan"), None, None
         try:
             while self.step < s.steps and not self.stop_requested:
-                step_start, tokens, losses, micro = time.time(), 0, [], 0
-                grad_norm, lr = None, float(engine.get_lr()[0])  # the lr this step uses
-                while micro < accum:
-                    batch = _to_device(next(batches), engine.device)
-                    loss = self.loss_fn(engine, batch)
-                    local_bad = not bool(torch.isfinite(loss.detach()))
-                    bad_rank = int(all_reduce_max(self.dist.rank + 1 if local_bad else 0)) - 1  # -1: none
-                    if bad_rank >= 0:
-                        if self.skipped_batches >= s.nan_skip_batches:
-                            raise self._nonfinite(f"non-finite loss on rank {bad_rank}", micro)
-                        self.skipped_batches += 1
-                        monitor.message(f"step {self.step + 1}: skipped a batch with a non-finite loss "
-                                        f"({self.skipped_batches}/{s.nan_skip_batches})")
-                        continue
-                    engine.backward(loss)
-                    if engine.is_gradient_accumulation_boundary():
-                        grad_norm = self._local_grad_norm()
-                    engine.step()
-                    losses.append(float(loss.detach()))
-                    tokens += _batch_tokens(batch)
-                    micro += 1
+                step_start, lr = time.time(), float(engine.get_lr()[0])  # the lr this step uses
+                reading = self._accumulate(batches, accum, monitor)
+                grad_norm = reading.grad_norm
                 ds_norm = engine.get_global_grad_norm()
-                if ds_norm is not None:
+                if ds_norm is not None:  # DeepSpeed's own norm (ZeRO >= 1, bf16), known after its step
                     grad_norm = float(ds_norm)
-                if grad_norm is not None and not math.isfinite(grad_norm):
-                    raise self._nonfinite(f"non-finite gradient norm ({grad_norm})", accum - 1)
+                    if not math.isfinite(grad_norm):
+                        raise self._nonfinite(f"non-finite gradient norm ({grad_norm})", self.step, accum - 1)
                 step = self.step
-                last_loss = all_reduce_mean(sum(losses) / len(losses))
+                last_loss = reading.loss
                 elapsed = max(time.time() - step_start, 1e-9)
-                tokens_per_s = all_reduce_mean(tokens) * self.dist.world_size / elapsed
+                tokens_per_s = reading.tokens / elapsed
                 monitor.train_step(step, last_loss, lr, grad_norm, tokens_per_s, _memory_gb(),
                                    write_scalars=step % s.log_every == 0 or step == s.steps)
                 if s.eval_every and step % s.eval_every == 0 and step < s.steps:
@@ -334,11 +325,39 @@ class Trainer:
         barrier()
         return TrainResult(self.step, last_loss, eval_loss, saved_at, resumed, time.time() - start_time)
 
-    def _local_grad_norm(self) -> Optional[float]:
-        """2-norm of the accumulated gradients before the step (ZeRO-0, where DeepSpeed keeps none)."""
+    def _accumulate(self, batches: Iterator[dict], accum: int, monitor: Monitor) -> StepReading:
+        """Forward and backward over the step's micro-batches, then the step's one read (before the
+        update, so a NaN/inf stops training with the weights untouched), then the update."""
+        s, engine = self.settings, self.engine
+        tally = StepTally(engine.device, self.dist)
+        while True:
+            batch = _to_device(next(batches), engine.device)
+            loss = self.loss_fn(engine, batch)
+            if self.skipped_batches < s.nan_skip_batches and nonfinite_ranks(loss, self.dist):
+                self.skipped_batches += 1
+                monitor.message(f"step {self.step + 1}: skipped a batch with a non-finite loss "
+                                f"({self.skipped_batches}/{s.nan_skip_batches})")
+                continue
+            tally.add(loss, _batch_tokens(batch))
+            engine.backward(loss)
+            if engine.is_gradient_accumulation_boundary():
+                reading = tally.read(self._local_grad_norm())
+                if reading.nonfinite:
+                    micro, ranks = reading.nonfinite[0]
+                    raise self._nonfinite(f"non-finite loss on {_ranks_text(ranks)}", self.step + 1, micro)
+                norm = reading.grad_norm
+                if norm is not None and not math.isfinite(norm):
+                    raise self._nonfinite(f"non-finite gradient norm ({norm})", self.step + 1, accum - 1)
+                engine.step()
+                return reading
+            engine.step()
+
+    def _local_grad_norm(self) -> Optional[torch.Tensor]:
+        """2-norm of the accumulated gradients before the update (ZeRO-0, where DeepSpeed keeps none):
+        one fused reduction on the device."""
         if self.engine.zero_optimization_stage() > 0:
             return None
         grads = [p.grad for p in self.engine.module.parameters() if p.grad is not None]
         if not grads:
             return None
-        return math.sqrt(sum(float(g.detach().float().pow(2).sum()) for g in grads))
+        return torch.nn.utils.get_total_norm(grads)
