@@ -35,6 +35,8 @@ branches separately and the tests prove the fold exact.
 Decoding (decision, docs/architecture.md §5.9): a free long kernel has no O(1) recurrence, so the state keeps the
 last L_k − 1 inputs of the long conv (bounded by L_k, constant in the generated length), the
 short conv's K − 1 inputs, and the linear-attention state S [B, H, Dk, Dv + 1] (normalizer column).
+Padding: both convolutions get 0 input at pads (a left pad is then the zero tail a sequence
+starts from) and k = 0 there, so S and the normalizer skip pads.
 """
 from __future__ import annotations
 
@@ -54,6 +56,7 @@ from seqmodels.layers.base import Mixer
 from seqmodels.layers.registry import register_mixer
 from seqmodels.modules.norm import build_norm
 from seqmodels.modules.options import check_int_option
+from seqmodels.modules.padding import zero_pads
 
 FEATURE_MAPS = ("elu1", "identity")
 
@@ -194,15 +197,18 @@ class Chela(Mixer):
             torch.zeros(batch_size, self.n_heads, self.dk, dv, device=device, dtype=compute_dtype(dtype)),
         )
 
-    def forward(self, x, state: Optional[ChelaState] = None, return_state: bool = False):
+    def forward(self, x, state: Optional[ChelaState] = None, return_state: bool = False, pad_mask=None):
         x_norm = self.norm(x)
         short_out, short_tail = short_conv(
-            x_norm, self.short_weight, self.short_bias, initial_state=None if state is None else state.short_tail,
-            output_final_state=return_state, backend=self.conv_backend)
+            zero_pads(x_norm, pad_mask), self.short_weight, self.short_bias,
+            initial_state=None if state is None else state.short_tail, output_final_state=return_state,
+            backend=self.conv_backend)
         x_prime, long_tail = long_conv(
-            F.silu(short_out), self.long_kernel().to(x.dtype), initial_state=None if state is None else state.long_tail,
-            output_final_state=return_state, backend=self.conv_backend)
+            zero_pads(F.silu(short_out), pad_mask), self.long_kernel().to(x.dtype),
+            initial_state=None if state is None else state.long_tail, output_final_state=return_state,
+            backend=self.conv_backend)
         q, k, v, r, u, h = self._projections(x_norm, x_prime)
+        k = zero_pads(k, pad_mask)
         attn, attn_state = gla(q, k, v, scale=1.0, initial_state=None if state is None else state.attn,
                                output_final_state=return_state, chunk_size=self.cfg.chunk_size, backend=self.gla_backend)
         y = self._output(x, attn, r, u, h)

@@ -18,7 +18,8 @@ after the head norm (up to its eps). `head_norm`: "rmsnorm" (torchscale's per-he
 without affine, the default) or "groupnorm" (the paper's GroupNorm over heads, with affine).
 Paper shapes: head Dk 256, value dimension 2·d_model (`head_dim_v`), FFN 2·d_model.
 
-Decoding state: GLAState (S per head and the rotary position of the next token).
+Decoding state: GLAState (S per head and the rotary position of the next token). Padding: pads
+neither write nor decay S; rotary positions count each row's real tokens.
 """
 from __future__ import annotations
 
@@ -29,8 +30,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from seqmodels.layers.registry import register_mixer
-from seqmodels.modules.gla_base import GLAMixer, GLAState, gla_layer, gla_layer_step
+from seqmodels.modules.gla_base import GLAMixer, GLAState, gla_layer, gla_layer_step, mask_pads, next_gla_state
 from seqmodels.modules.norm import RMSNorm
+from seqmodels.modules.padding import current_pad_offset, token_positions
 from seqmodels.modules.rope import apply_rope, rope_cos_sin
 
 HEAD_NORMS = ("rmsnorm", "groupnorm")
@@ -76,13 +78,14 @@ class MultiScaleRetention(GLAMixer):
         """[H] constant ln γ_h in x's dtype (callers expand it: no copy per token)."""
         return retention_log_decay(self.n_heads, x.dtype, x.device)
 
-    def project(self, x: torch.Tensor, offset: int):
-        """x [B, T, d] -> q, k [B, T, H, Dk] (rotary at positions offset..offset+T-1), v [B, T, H, Dv]."""
+    def project(self, x: torch.Tensor, offset: int, pad_offset=None):
+        """x [B, T, d] -> q, k [B, T, H, Dk] (rotary at positions offset..offset+T-1, less each row's
+        leading pads `pad_offset` [B]), v [B, T, H, Dv]."""
         time = x.shape[1]
         q, k = self.split_heads(self.q_proj(x), self.dk), self.split_heads(self.k_proj(x), self.dk)
         v = self.split_heads(self.v_proj(x), self.dv)
         if self.options.rotary:
-            positions = torch.arange(offset, offset + time, device=x.device)
+            positions = token_positions(offset, time, pad_offset, x.device)
             cos, sin = rope_cos_sin(positions, self.dk, self.cfg.rope_theta, x.dtype)
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         return q, k, v
@@ -96,17 +99,18 @@ class MultiScaleRetention(GLAMixer):
             normed = self.head_norm(o).flatten(-2)
         return self.o_proj(F.silu(self.g_proj(x)) * normed)
 
-    def forward(self, x, state: GLAState | None = None, return_state: bool = False):
+    def forward(self, x, state: GLAState | None = None, return_state: bool = False, pad_mask=None):
         batch, time, _ = x.shape
         offset = 0 if state is None else state.seen_tokens
-        q, k, v = self.project(x, offset)
+        q, k, v = self.project(x, offset, current_pad_offset(None if state is None else state.pad_offset, pad_mask))
         log_decay = self.log_decay(x)[None, None, :].expand(batch, time, self.n_heads)
+        k, v, log_decay = mask_pads(pad_mask, k, v, log_decay)
         o, kv = gla_layer(self.cfg, q, k, v, log_decay, self.scale, None if state is None else state.kv, return_state)
-        new_state = GLAState(kv, offset + time) if return_state else None
+        new_state = next_gla_state(kv, state, time, pad_mask) if return_state else None
         return self.output(o, x), new_state
 
     def step(self, x_t, state: GLAState):
-        q, k, v = self.project(x_t[:, None], state.seen_tokens)
+        q, k, v = self.project(x_t[:, None], state.seen_tokens, state.pad_offset)
         log_decay = self.log_decay(x_t)[None, :].expand(x_t.shape[0], self.n_heads)
         o_t, state = gla_layer_step(q[:, 0], k[:, 0], v[:, 0], log_decay, self.scale, state)
         return self.output(o_t, x_t), state
