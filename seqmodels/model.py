@@ -188,15 +188,17 @@ class SeqLM(nn.Module):
         top_p: float | None = None,
         eos_token_id: int | None = None,
         generator: torch.Generator | None = None,
+        attention_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Chunked prefill of the prompt (returning states), then one `step` per new token.
 
         temperature 0 is greedy decoding. Returns prompt + generated ids [B, T + new]; after
-        `eos_token_id` a sequence keeps emitting eos.
+        `eos_token_id` a sequence keeps emitting eos. Prompts of different lengths are left-padded
+        with `attention_mask` (0 at pads); each row then decodes as it would alone.
         """
         if max_new_tokens < 0:
             raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
-        out = self.forward(input_ids, return_state=True)
+        out = self.forward(input_ids, return_state=True, attention_mask=attention_mask)
         logits, state = out.logits[:, -1], out.state
         generated = []
         finished = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
