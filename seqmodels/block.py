@@ -26,9 +26,9 @@ class Block(nn.Module):
             x = x + self.mlp(self.mlp_norm(x))
         return x
 
-    def forward(self, x, state=None, return_state=False):
+    def forward(self, x, state=None, return_state=False, pad_mask=None):
         h = x if self.mixer_norm is None else self.mixer_norm(x)
-        mixed, state = self.mixer(h, state=state, return_state=return_state)
+        mixed, state = self.mixer(h, state=state, return_state=return_state, pad_mask=pad_mask)
         return self._mix(x, mixed), state
 
     def step(self, x_t, state):

@@ -72,14 +72,11 @@ class SeqModelsForCausalLM(PreTrainedModel, GenerationMixin):
         return_dict: bool | None = None,
         **kwargs,
     ) -> CausalLMOutputWithPast:
-        if attention_mask is not None and not bool(attention_mask.all()):
-            raise ValueError(
-                "padded batches (attention_mask with zeros) are not supported by recurrent decoding; "
-                "generate one prompt at a time or use prompts of equal length"
-            )
         if past_key_values is not None and not isinstance(past_key_values, ModelState):
             raise ValueError(f"past_key_values must be a seqmodels ModelState, got {type(past_key_values).__name__}")
-        out = self.model(input_ids, state=past_key_values, return_state=bool(use_cache))
+        if attention_mask is not None:  # HF may pass the whole history's mask: keep this call's columns
+            attention_mask = attention_mask[:, -input_ids.shape[1]:]
+        out = self.model(input_ids, state=past_key_values, return_state=bool(use_cache), attention_mask=attention_mask)
         loss = None
         if labels is not None:
             shifted = torch.full_like(labels, -100)
@@ -91,7 +88,7 @@ class SeqModelsForCausalLM(PreTrainedModel, GenerationMixin):
         if past_key_values is not None:
             input_ids = input_ids[:, past_key_values.seen_tokens :]
         return {"input_ids": input_ids, "past_key_values": past_key_values, "use_cache": use_cache,
-                "attention_mask": None}
+                "attention_mask": attention_mask if past_key_values is None else None}  # the state keeps the pads
 
 
 AutoConfig.register(SeqModelsConfig.model_type, SeqModelsConfig, exist_ok=True)

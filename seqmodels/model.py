@@ -1,13 +1,18 @@
 """SeqLM: embedding -> blocks -> final norm -> head (docs/architecture.md §4.2).
 
-    forward(input_ids, labels=None, state=None, return_state=False)   parallel/chunked form
+    forward(input_ids, labels=None, state=None, return_state=False, attention_mask=None)
+                                                                       parallel/chunked form
     init_state(batch_size)                                             empty decoding state
     step(token_ids, state)                                             one token per sequence
     generate(input_ids, max_new_tokens, ...)                           chunked prefill, then step
 
 `labels` are aligned with `input_ids`: labels[:, t] is the target of logits[:, t] (the data
 loaders and MQAR emit them that way); the loss is the mean cross-entropy over labels != -100.
-With `head: classify` the model pools the final hidden states (mean over non-pad tokens, or
+`attention_mask` [B, T] (1 = real token, 0 = pad; left and/or right padding) reaches every mixer
+as `pad_mask`: with `head: lm` a padded row's logits on its real tokens equal the unpadded
+sequence's, and decoding continues a left-padded prefill exactly (docs/architecture.md §4.1).
+With `head: classify` the mask selects the pooled tokens only and the mixers see every token
+(LRA's convention: pads are part of the input). With `head: classify` the model pools the final hidden states (mean over non-pad tokens, or
 the last one) into `num_classes` logits and `labels` are class ids [B].
 """
 from __future__ import annotations
@@ -23,6 +28,7 @@ from torch import nn
 from seqmodels.block import Block
 from seqmodels.config import ModelConfig
 from seqmodels.modules.norm import build_norm
+from seqmodels.modules.padding import check_model_pad_mask
 from seqmodels.state import ModelState
 
 
@@ -109,14 +115,18 @@ class SeqLM(nn.Module):
         dtype = dtype or param.dtype
         return ModelState([b.mixer.init_state(batch_size, device, dtype) for b in self.blocks], 0)
 
-    def hidden_states(self, input_ids, state: ModelState | None = None, return_state: bool = False):
+    def hidden_states(self, input_ids, state: ModelState | None = None, return_state: bool = False,
+                      attention_mask: torch.Tensor | None = None):
+        """Final-norm hidden states [B, T, d]; `attention_mask` as in forward (honoured by every mixer)."""
         self._check_ids(input_ids, "input_ids", 2)
         if state is not None and len(state.layers) != len(self.blocks):
             raise ValueError(f"state has {len(state.layers)} layers, the model has {len(self.blocks)}")
+        pad_mask = check_model_pad_mask(attention_mask, input_ids, 0 if state is None else state.seen_tokens, return_state)
         x = self.embed(input_ids)
         new_layers = []
         for i, block in enumerate(self.blocks):
-            x, layer_state = block(x, state=None if state is None else state.layers[i], return_state=return_state)
+            x, layer_state = block(x, state=None if state is None else state.layers[i], return_state=return_state,
+                                   pad_mask=pad_mask)
             new_layers.append(layer_state)
         seen = (state.seen_tokens if state is not None else 0) + input_ids.shape[1]
         return self.norm(x), (ModelState(new_layers, seen) if return_state else None)
@@ -129,8 +139,8 @@ class SeqLM(nn.Module):
         return_state: bool = False,
         attention_mask: torch.Tensor | None = None,
     ) -> SeqLMOutput:
-        h, new_state = self.hidden_states(input_ids, state, return_state)
-        if self.cfg.head == "classify":
+        if self.cfg.head == "classify":  # the mask picks the pooled tokens (module docstring)
+            h, new_state = self.hidden_states(input_ids, state, return_state)
             logits = self.classifier(self._pool(h, attention_mask))
             loss = None
             if labels is not None:
@@ -138,6 +148,7 @@ class SeqLM(nn.Module):
                     raise ValueError(f"labels has shape {tuple(labels.shape)}; expected class ids [batch]={logits.shape[0]}")
                 loss = F.cross_entropy(upcast(logits), labels)
             return SeqLMOutput(logits, loss, new_state)
+        h, new_state = self.hidden_states(input_ids, state, return_state, attention_mask)
         logits = self.lm_head(h)
         loss = None
         if labels is not None:
@@ -183,15 +194,17 @@ class SeqLM(nn.Module):
         top_p: float | None = None,
         eos_token_id: int | None = None,
         generator: torch.Generator | None = None,
+        attention_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Chunked prefill of the prompt (returning states), then one `step` per new token.
 
         temperature 0 is greedy decoding. Returns prompt + generated ids [B, T + new]; after
-        `eos_token_id` a sequence keeps emitting eos.
+        `eos_token_id` a sequence keeps emitting eos. Prompts of different lengths are left-padded
+        with `attention_mask` (0 at pads); each row then decodes as it would alone.
         """
         if max_new_tokens < 0:
             raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
-        out = self.forward(input_ids, return_state=True)
+        out = self.forward(input_ids, return_state=True, attention_mask=attention_mask)
         logits, state = out.logits[:, -1], out.state
         generated = []
         finished = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)

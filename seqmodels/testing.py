@@ -6,9 +6,11 @@ The five invariants of docs/architecture.md §4.1, for a mixer built from a Mode
 3. forward(x[:, :t]) then forward(x[:, t:], state) == forward(x);
 4. gradients of (1) agree (inputs and all parameters);
 5. the state's size does not grow with T (bytes of the state after T and 4T tokens).
+`check_padding` checks the pad_mask contract (§4.1, "Padding") for the same mixers.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 
 import torch
@@ -148,6 +150,61 @@ def check_mixer_contract(cfg, batch: int = 2, time: int = 37, split: int = 19, t
         if constant_state:
             check_state_size_constant(mixer, make_input, time)
     return mixer
+
+
+# ------------------------------------------------------------------ padding
+def _padded_batch(rows, time: int, left: bool, generator):
+    """Rows [n_b, d] placed left or right in a [B, time, d] batch whose pad positions hold noise (so a
+    mixer that reads them fails); returns (x, pad_mask)."""
+    d = rows[0].shape[-1]
+    x = 3 * torch.randn(len(rows), time, d, generator=generator, dtype=rows[0].dtype)
+    pad_mask = torch.zeros(len(rows), time, dtype=torch.bool)
+    for b, row in enumerate(rows):
+        span = slice(time - len(row), time) if left else slice(0, len(row))
+        x[b, span], pad_mask[b, span] = row, True
+    return x, pad_mask
+
+
+def check_padding(cfg, lengths=(23, 17, 9), steps: int = 3, tol: float = 1e-9, layer_idx: int = 0, seed: int = 0) -> str:
+    """The pad_mask contract (docs/architecture.md §4.1) for a causal mixer, float64, random weights.
+
+    Rows of `lengths` tokens (the longest fills the batch) are run alone and inside one batch:
+    - right padding: the real tokens' outputs equal the rows' own;
+    - left padding: the same, and decoding continues the padded prefill's state exactly: `steps`
+      calls of step(), and separately one forward over the next `steps` tokens, equal the rows'
+      unpadded outputs there.
+    A mixer may refuse left padding with a ValueError naming itself and the fix; it must accept
+    right padding. Returns "exact" or the refusal message."""
+    generator = torch.Generator().manual_seed(seed)
+    mixer = build_mixer(cfg, layer_idx)
+    name = mixer.mixer_name
+    time = max(lengths)
+    rows = [torch.randn(n + steps, cfg.d_model, generator=generator, dtype=torch.float64) for n in lengths]
+    with torch.no_grad():
+        alone = [mixer(row[None])[0][0] for row in rows]  # each row's own outputs, prompt and continuation
+        x, pad_mask = _padded_batch([row[:n] for row, n in zip(rows, lengths)], time, False, generator)
+        y, _ = mixer(x, pad_mask=pad_mask)
+        for b, n in enumerate(lengths):
+            assert_rel_close(y[b, :n], alone[b][:n], tol, f"{name}: right-padded row {b} vs the row alone")
+        x, pad_mask = _padded_batch([row[:n] for row, n in zip(rows, lengths)], time, True, generator)
+        try:
+            y, state = mixer(x, return_state=True, pad_mask=pad_mask)
+        except ValueError as refusal:
+            message = str(refusal)
+            assert f"'{name}'" in message and "batch size 1" in message, f"{name}: refusal must name the mixer and the fix: {message}"
+            return message
+        for b, n in enumerate(lengths):
+            assert_rel_close(y[b, time - n:], alone[b][:n], tol, f"{name}: left-padded row {b} vs the row alone")
+        following = torch.stack([row[n:] for row, n in zip(rows, lengths)])  # [B, steps, d]
+        expected = torch.stack([a[n:] for a, n in zip(alone, lengths)])
+        chunk, _ = mixer(following, state=copy.deepcopy(state))
+        assert_rel_close(chunk, expected, tol, f"{name}: forward continuing a left-padded prefill")
+        outs = []
+        for t in range(steps):
+            y_t, state = mixer.step(following[:, t], state)
+            outs.append(y_t)
+        assert_rel_close(torch.stack(outs, 1), expected, tol, f"{name}: steps continuing a left-padded prefill")
+    return "exact"
 
 
 # -------------------------------------------------------------- model checks

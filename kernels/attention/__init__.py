@@ -1,7 +1,8 @@
 """attention: softmax attention, causal / sliding-window / chunk-local, with prefix tokens, sink logits and bias.
 
     o = attention(q, k, v, causal=True, window=None, chunk_size=None, q_offset=None, k_offset=0,
-                  prefix_k=None, prefix_v=None, sink_logits=None, bias=None, scale=None, backend="auto")
+                  prefix_k=None, prefix_v=None, sink_logits=None, bias=None, scale=None, backend="auto",
+                  key_mask=None)
 q [B, T, H, D], k [B, S, Hkv, D], v [B, S, Hkv, Dv] (GQA: H a multiple of Hkv) -> o [B, T, H, Dv].
 Query i sits at absolute position q_offset + i (default: k_offset + S - T, i.e. the queries are
 the last T keys' positions), key j at k_offset + j; see naive.py for the visibility rule.
@@ -14,7 +15,11 @@ denominator (Lizard meta-memory). bias: additive, broadcastable to [B, H, T, S] 
 position bias). backend: "naive" (explicit softmax, the oracle) | "torch" (SDPA, full T x S mask) |
 "local" (chunk.py: SDPA over blocks, O(T·window) / O(T·chunk): causal self-attention without bias) | "auto"
 (local where it applies and T > 2 blocks, else torch).
-Decoding: attention_step with KVCache / WindowCache / ChunkCache (recurrent.py).
+key_mask [B, S] bool (padded batches): only keys marked True are visible, except that each query
+always sees the key at its own position (a pad query's output is then finite, and never read); the
+block-local form does not apply (the T x S mask form runs).
+Decoding: attention_step with KVCache / WindowCache / ChunkCache (recurrent.py); a cache with
+`pad_offset` hides each row's leading pads.
 """
 from __future__ import annotations
 
@@ -82,6 +87,7 @@ def attention(
     bias: Optional[torch.Tensor] = None,
     scale: Optional[float] = None,
     backend: str = "auto",
+    key_mask: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """Softmax attention; see the module docstring. Returns o [B, T, H, Dv] in q's dtype."""
     sizes: dict = {}
@@ -104,11 +110,18 @@ def attention(
     if not isinstance(q_offset, int) or q_offset < 0:
         raise ValueError(f"q_offset must be a non-negative integer (default k_offset + S - T = {k_offset + S - T}), got {q_offset!r}")
     _check_bias(bias, (B, H, T, S))
+    if key_mask is not None:
+        check_shape("key_mask", key_mask, ("B", "S"), sizes)
+        if key_mask.dtype != torch.bool:
+            raise ValueError(f"key_mask must be a bool tensor (True = visible key), got dtype {key_mask.dtype}")
     if backend not in ("naive", "torch", "local", "auto"):
         raise ValueError(f"backend must be 'naive', 'torch', 'local' or 'auto', got {backend!r}")
     scale = D ** -0.5 if scale is None else float(scale)
     extras = Extras(bias, prefix_k, prefix_v, sink_logits)
     local_ok = causal and bool(window or chunk_size) and T == S and q_offset == k_offset and bias is None
+    if backend == "local" and key_mask is not None:
+        raise ValueError("backend='local' does not take a key_mask; use backend='auto' or 'torch' for padded batches")
+    local_ok = local_ok and key_mask is None
     if backend == "local" and not local_ok:
         raise ValueError(
             "backend='local' needs causal self-attention with a window or chunk_size, S == T, q_offset == k_offset "
@@ -118,7 +131,7 @@ def attention(
     if backend == "local" or (backend == "auto" and local_ok and T > 2 * (chunk_size or window)):
         return attention_local(q, k, v, k_offset, window, chunk_size, scale, extras)  # every query sees itself
     plain_causal = causal and window is None and chunk_size is None and T == S and q_offset == k_offset
-    if backend != "naive" and plain_causal and extras.is_empty():
+    if backend != "naive" and plain_causal and extras.is_empty() and key_mask is None:
         return attention_sdpa_causal(q, k, v, scale)
     allowed = visible_mask(T, S, q_offset, k_offset, causal, window, chunk_size, q.device)
     if prefix_k is None and sink_logits is None and T > 0 and not bool(allowed.any(dim=1).all()):
@@ -127,9 +140,12 @@ def attention(
             f"query {first} (position {q_offset + first}) sees no key with keys at positions {k_offset}..{k_offset + S - 1}; "
             "check q_offset / k_offset (or give prefix tokens / sink logits)"
         )
+    if key_mask is not None:  # [B, T, S]: real keys, and each query's own position
+        own = (q_offset + torch.arange(T, device=q.device))[:, None] == (k_offset + torch.arange(S, device=q.device))[None, :]
+        allowed = allowed & (key_mask[:, None, :] | own)
     if backend == "naive":
         return attention_naive(q, k, v, allowed, scale, extras)
-    return attention_sdpa(q, k, v, allowed, scale, extras)
+    return attention_sdpa(q, k, v, allowed if allowed.dim() == 2 else allowed[:, None], scale, extras)
 
 
 def attention_step(

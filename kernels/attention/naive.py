@@ -42,7 +42,7 @@ def visible(pq: torch.Tensor, pk: torch.Tensor, causal: bool, window: Optional[i
 
 
 def attention_naive(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor, scale: float, extras: Extras = Extras()) -> torch.Tensor:
-    """q [B,T,H,D], k [B,S,Hkv,D], v [B,S,Hkv,Dv], allowed [T,S] bool, extras (extras.py) -> o [B,T,H,Dv].
+    """q [B,T,H,D], k [B,S,Hkv,D], v [B,S,Hkv,Dv], allowed [T,S] or [B,T,S] bool, extras (extras.py) -> o [B,T,H,Dv].
     One head at a time."""
     bias, prefix_k, prefix_v, sink_logits = extras.bias, extras.prefix_k, extras.prefix_v, extras.sink_logits
     B, T, H, _ = q.shape

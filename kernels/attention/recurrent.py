@@ -12,11 +12,13 @@ The two bounded caches are written in place and returned (decoding runs without 
 absolute position (-1 = empty), e.g. to build a relative-position bias for the step.
 `ordered()` returns the valid keys/values in position order with the first position, for
 prefill continuation through `attention(..., k_offset=first, q_offset=seen_tokens)`.
+Padded batches: `pad_offset` [B] (None = unpadded) counts each row's leading pads; a key at
+position p of row b is visible only when p >= pad_offset[b] (`visible_slots()`).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Tuple, Union
+from typing import Optional, Tuple, Union
 
 import torch
 
@@ -30,11 +32,12 @@ class KVCache:
 
     key: torch.Tensor  # [B, S, Hkv, D]
     value: torch.Tensor  # [B, S, Hkv, Dv]
+    pad_offset: Optional[torch.Tensor] = None  # [B] leading pads per row (module docstring)
 
     @classmethod
-    def from_prefill(cls, key: torch.Tensor, value: torch.Tensor) -> "KVCache":
+    def from_prefill(cls, key: torch.Tensor, value: torch.Tensor, pad_offset: Optional[torch.Tensor] = None) -> "KVCache":
         """Cache after key [B, T, Hkv, D], value [B, T, Hkv, Dv] of positions 0..T-1 (T may be 0)."""
-        return cls(key, value)
+        return cls(key, value, pad_offset)
 
     @property
     def seen_tokens(self) -> int:
@@ -43,10 +46,13 @@ class KVCache:
 
     def append(self, key: torch.Tensor, value: torch.Tensor) -> "KVCache":
         """New cache with key [B, n, Hkv, D], value [B, n, Hkv, Dv] appended (torch.cat, O(S) per call)."""
-        return KVCache(torch.cat([self.key, key], dim=1), torch.cat([self.value, value], dim=1))
+        return KVCache(torch.cat([self.key, key], dim=1), torch.cat([self.value, value], dim=1), self.pad_offset)
 
     def positions(self) -> torch.Tensor:
         return torch.arange(self.seen_tokens, device=self.key.device)
+
+    def visible_slots(self) -> torch.Tensor:
+        return _visible(self.positions(), self.pad_offset)
 
     def ordered(self) -> Tuple[torch.Tensor, torch.Tensor, int]:
         return self.key, self.value, 0
@@ -57,12 +63,14 @@ class _SlotCache:
     key: torch.Tensor  # [B, L, Hkv, D]  (L = window or chunk size)
     value: torch.Tensor  # [B, L, Hkv, Dv]
     seen_tokens: int  # tokens appended so far; position p lives in slot p % L
+    pad_offset: Optional[torch.Tensor] = None  # [B] leading pads per row (module docstring)
 
     @classmethod
-    def from_prefill(cls, key: torch.Tensor, value: torch.Tensor, size: int, k_offset: int = 0):
+    def from_prefill(cls, key: torch.Tensor, value: torch.Tensor, size: int, k_offset: int = 0,
+                     pad_offset: Optional[torch.Tensor] = None):
         """Cache after the keys/values of absolute positions k_offset..k_offset+T-1 (key [B, T, Hkv, D])."""
         B, T, Hkv, D = key.shape
-        cache = cls(key.new_zeros(B, size, Hkv, D), value.new_zeros(B, size, Hkv, value.shape[3]), k_offset)
+        cache = cls(key.new_zeros(B, size, Hkv, D), value.new_zeros(B, size, Hkv, value.shape[3]), k_offset, pad_offset)
         needed = cache._span_after(k_offset + T)
         if needed > T:
             raise ValueError(
@@ -74,6 +82,14 @@ class _SlotCache:
     @property
     def size(self) -> int:
         return self.key.shape[1]
+
+    def copy(self) -> "_SlotCache":
+        """A cache that appends without touching this one (append writes the slots in place)."""
+        return type(self)(self.key.clone(), self.value.clone(), self.seen_tokens, self.pad_offset)
+
+    def visible_slots(self) -> torch.Tensor:
+        """[L] bool (or [B, L] with pad_offset): slots holding a key a query may see."""
+        return _visible(self.positions(), self.pad_offset)
 
     def _span_after(self, seen_tokens: int) -> int:  # number of valid slots once `seen_tokens` tokens are in
         raise NotImplementedError
@@ -116,6 +132,13 @@ class ChunkCache(_SlotCache):
         return (seen_tokens - 1) % self.size + 1 if seen_tokens > 0 else 0
 
 
+def _visible(positions: torch.Tensor, pad_offset: Optional[torch.Tensor]) -> torch.Tensor:
+    """positions [L] (-1 = empty) -> [L] valid slots, or [B, L] real-token slots with pad_offset [B]."""
+    if pad_offset is None:
+        return positions >= 0
+    return (positions >= 0) & (positions[None, :] >= pad_offset[:, None])
+
+
 def attention_recurrent_step(
     q_t: torch.Tensor,
     k_t: torch.Tensor,
@@ -129,6 +152,7 @@ def attention_recurrent_step(
     extras.bias: broadcastable to [B, H, 1, L] over the cache slots (L = cache.key.shape[1] after appending).
     """
     cache = cache.append(k_t.unsqueeze(1), v_t.unsqueeze(1))
-    valid = cache.positions() >= 0  # [L]
-    out = attention_sdpa(q_t.unsqueeze(1), cache.key, cache.value, valid.unsqueeze(0), scale, extras)
+    valid = cache.visible_slots()  # [L], or [B, L] for a padded batch
+    allowed = valid.unsqueeze(0) if valid.dim() == 1 else valid[:, None, None, :]
+    out = attention_sdpa(q_t.unsqueeze(1), cache.key, cache.value, allowed, scale, extras)
     return out.squeeze(1), cache

@@ -26,14 +26,15 @@ tests/layers/test_arelit.py at r = 4 and 5). Options:
 `first_tick: 1` counts positions from 1;
 `numerator_eps: false` drops the eps added to the numerator (it only shifts o_t by
 eps / denominator, and makes a token with φ(q_t) = 0 output eps/eps = 1 rather than 0).
-Block options (standard / gtrxl) as in ReLiT.
+Block options (standard / gtrxl) as in ReLiT. Padding: pads write and decay nothing (k = 0 in both
+calls, log-decays 0) and the tick t counts each row's real tokens (ArelitState.pad_offset).
 Decoding state: ArelitState (k̃ and s [B,H,η·dk,r+1], ṽ [B,H,1,r·dv], seen_tokens), constant in T.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Optional
 
 import torch
 
@@ -41,6 +42,7 @@ from seqmodels.kernels._dtype import compute_dtype
 from seqmodels.kernels.gla import gla, gla_step
 from seqmodels.layers.registry import register_mixer
 from seqmodels.modules.options import check_int_option
+from seqmodels.modules.padding import current_pad_offset, token_positions, zero_pads
 from seqmodels.modules.relit_base import ReLiTBase, ReLiTOptions
 
 
@@ -64,6 +66,7 @@ class ArelitState:
     key_traces: torch.Tensor  # [B, H, η·dk, r + 1]: k̃_1..k̃_r and s
     value_traces: torch.Tensor  # [B, H, 1, r·dv]: ṽ_1..ṽ_r
     seen_tokens: int = 0
+    pad_offset: Optional[torch.Tensor] = None  # [B] leading pads per row of a left-padded prefill
 
 
 @register_mixer("arelit")
@@ -74,25 +77,25 @@ class AReLiT(ReLiTBase):
         super().__init__(cfg, layer_idx)
         self.r = self.options.r
 
-    def modulation(self, seen_tokens: int, time: int, dtype) -> torch.Tensor:
-        """c_j(t) = cos(ω_j t) for the `time` tokens after `seen_tokens` tokens: t = t₀+seen_tokens .. t₀+seen_tokens+time-1
-        (t₀ = first_tick); [time, r], computed in float64."""
+    def modulation(self, seen_tokens: int, time: int, dtype, pad_offset=None) -> torch.Tensor:
+        """c_j(t) = cos(ω_j t) for the `time` tokens after `seen_tokens` tokens: t = t₀+seen_tokens ..
+        t₀+seen_tokens+time-1 (t₀ = first_tick), less each row's leading pads `pad_offset` [B]:
+        [time, r], or [B, time, r] with pad_offset (computed in float64)."""
         device = self.o_proj.weight.device
         omega = torch.linspace(-math.pi, math.pi, self.r, dtype=torch.float64, device=device)
-        t0 = seen_tokens + self.options.first_tick
-        t = torch.arange(t0, t0 + time, dtype=torch.float64, device=device)
-        return torch.cos(t[:, None] * omega[None, :]).to(dtype)
+        t = token_positions(seen_tokens, time, pad_offset, device).to(torch.float64) + self.options.first_tick
+        return torch.cos(t[..., None] * omega).to(dtype)
 
-    def _gla_inputs(self, x, seen_tokens):
+    def _gla_inputs(self, x, seen_tokens, pad_offset=None, pad_mask=None):
         B, T, _ = x.shape
         H, dv, r = self.n_heads, self.head_dim_v, self.r
-        phi_q, k, v, log_decay_k, log_decay_v = self.features(x)[:5]
-        cos = self.modulation(seen_tokens, T, x.dtype)  # [T, r]
-        a_values = torch.cat([cos, cos.new_ones(T, 1)], dim=-1)[None, :, None].expand(B, T, H, r + 1)
-        b_values = (v.unsqueeze(-2) * cos[None, :, None, :, None]).reshape(B, T, H, r * dv)
+        phi_q, k, v, log_decay_k, log_decay_v = self.features(x, pad_mask)[:5]
+        cos = self.modulation(seen_tokens, T, x.dtype, pad_offset).expand(B, T, r)  # [B, T, r]
+        a_values = torch.cat([cos, cos.new_ones(B, T, 1)], dim=-1)[:, :, None].expand(B, T, H, r + 1)
+        b_values = (v.unsqueeze(-2) * cos[:, :, None, :, None]).reshape(B, T, H, r * dv)
         b_decay = log_decay_v.unsqueeze(-2).expand(B, T, H, r, dv).reshape(B, T, H, r * dv)
         ones = x.new_ones(B, T, H, 1)
-        return (phi_q, k, a_values, log_decay_k), (ones, ones, b_values, b_decay)
+        return (phi_q, k, a_values, log_decay_k), (ones, zero_pads(ones, pad_mask), b_values, b_decay)
 
     def _combine(self, a_out, b_out):
         """o = (Σ_j ṽ_j (k̃_j·φ(q)) [+ eps]) / (2r s·φ(q) + eps) from call A's [.., r+1] and call B's [.., r·dv]."""
@@ -112,20 +115,22 @@ class AReLiT(ReLiTBase):
             0,
         )
 
-    def _mix(self, x, state: ArelitState | None, return_state: bool):
+    def _mix(self, x, state: ArelitState | None, return_state: bool, pad_mask=None):
         B, T, _ = x.shape
         seen_tokens = state.seen_tokens if state is not None else 0
-        (qa, ka, va, gka), (qb, kb, vb, gvb) = self._gla_inputs(x, seen_tokens)
+        pad_offset = current_pad_offset(None if state is None else state.pad_offset, pad_mask)
+        (qa, ka, va, gka), (qb, kb, vb, gvb) = self._gla_inputs(x, seen_tokens, pad_offset, pad_mask)
         common = dict(scale=1.0, output_final_state=return_state, chunk_size=self.cfg.chunk_size,
                       backend=self.cfg.kernel_backend)
         a_out, a_state = gla(qa, ka, va, gka, None, initial_state=None if state is None else state.key_traces, **common)
         b_out, b_state = gla(qb, kb, vb, None, gvb, initial_state=None if state is None else state.value_traces, **common)
         y = self.o_proj(self._combine(a_out, b_out).reshape(B, T, -1))
-        return y, (ArelitState(a_state, b_state, seen_tokens + T) if return_state else None)
+        return y, (ArelitState(a_state, b_state, seen_tokens + T, pad_offset) if return_state else None)
 
     def _mix_step(self, x_t, state: ArelitState):
-        (qa, ka, va, gka), (qb, kb, vb, gvb) = ((t[:, 0] for t in group) for group in self._gla_inputs(x_t[:, None], state.seen_tokens))
+        (qa, ka, va, gka), (qb, kb, vb, gvb) = ((t[:, 0] for t in group)
+                                                for group in self._gla_inputs(x_t[:, None], state.seen_tokens, state.pad_offset))
         a_out, a_state = gla_step(qa, ka, va, gka, None, state.key_traces, scale=1.0)
         b_out, b_state = gla_step(qb, kb, vb, None, gvb, state.value_traces, scale=1.0)
         y = self.o_proj(self._combine(a_out, b_out).reshape(x_t.shape[0], -1))
-        return y, ArelitState(a_state, b_state, state.seen_tokens + 1)
+        return y, ArelitState(a_state, b_state, state.seen_tokens + 1, state.pad_offset)

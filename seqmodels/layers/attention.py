@@ -5,7 +5,8 @@ positions (Su et al. 2021, arXiv 2104.09864) on q and k; grouped-query attention
 et al. 2023, arXiv 2305.13245) when n_kv_heads < n_heads.
 
 Decoding state: a KVCache (grows with T: the cost the linear families remove). Projection
-names match Hugging Face's LlamaAttention (q_proj, k_proj, v_proj, o_proj).
+names match Hugging Face's LlamaAttention (q_proj, k_proj, v_proj, o_proj). Padding: pad keys
+are masked and rotary positions count each row's real tokens (the cache keeps `pad_offset`).
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from torch import nn
 from seqmodels.kernels.attention import KVCache, attention
 from seqmodels.layers.base import Mixer
 from seqmodels.layers.registry import register_mixer
+from seqmodels.modules.padding import current_pad_offset, key_mask_for, token_positions
 from seqmodels.modules.rope import apply_rope, rope_cos_sin
 
 
@@ -56,28 +58,30 @@ class SoftmaxAttention(Mixer):
         shape = (batch_size, 0, self.n_kv_heads, self.head_dim)
         return KVCache(torch.zeros(shape, device=device, dtype=dtype), torch.zeros(shape, device=device, dtype=dtype))
 
-    def project(self, x: torch.Tensor, offset: int):
-        """q [B,T,H,D], k and v [B,T,H_kv,D] with rotary positions offset..offset+T-1."""
+    def project(self, x: torch.Tensor, offset: int, pad_offset=None):
+        """q [B,T,H,D], k and v [B,T,H_kv,D] with rotary positions offset..offset+T-1 (less each row's
+        leading pads `pad_offset` [B])."""
         batch, time, _ = x.shape
         q = self.q_proj(x).view(batch, time, self.n_heads, self.head_dim)
         k = self.k_proj(x).view(batch, time, self.n_kv_heads, self.head_dim)
         v = self.v_proj(x).view(batch, time, self.n_kv_heads, self.head_dim)
         if self.options.rope:
-            positions = torch.arange(offset, offset + time, device=x.device)
+            positions = token_positions(offset, time, pad_offset, x.device)
             cos, sin = rope_cos_sin(positions, self.head_dim, self.cfg.rope_theta, x.dtype)
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         return q, k, v
 
-    def forward(self, x, state: KVCache | None = None, return_state: bool = False):
+    def forward(self, x, state: KVCache | None = None, return_state: bool = False, pad_mask=None):
         batch, time, _ = x.shape
         offset = state.seen_tokens if state is not None else 0
-        q, k, v = self.project(x, offset)
+        pad_offset = current_pad_offset(None if state is None else state.pad_offset, pad_mask)
+        q, k, v = self.project(x, offset, pad_offset)
         if state is not None:
-            state = state.append(k, v)
-            k, v = state.key, state.value
-        elif return_state:
-            state = KVCache(k, v)
-        out = attention(q, k, v, causal=True, scale=self.head_dim ** -0.5, backend=attention_backend(self.cfg))
+            k, v = torch.cat([state.key, k], dim=1), torch.cat([state.value, v], dim=1)
+        state = KVCache(k, v, pad_offset)
+        key_mask = key_mask_for(pad_offset, 0, k.shape[1], pad_mask, x.device)
+        out = attention(q, k, v, causal=True, scale=self.head_dim ** -0.5, backend=attention_backend(self.cfg),
+                        key_mask=key_mask)
         y = self.o_proj(out.reshape(batch, time, self.n_heads * self.head_dim))
         return y, (state if return_state else None)
 

@@ -1,7 +1,9 @@
 """The mixer contract (docs/architecture.md §4.1) every token mixer implements.
 
-    forward(x [B,T,d_model], state=None, return_state=False) -> (y [B,T,d_model], new_state | None)
-        the parallel/chunked training form; `state` continues a prefill.
+    forward(x [B,T,d_model], state=None, return_state=False, pad_mask=None) -> (y [B,T,d_model], new_state | None)
+        the parallel/chunked training form; `state` continues a prefill. pad_mask [B,T] bool (True at
+        real tokens, left and/or right padding; seqmodels/modules/padding.py): the real tokens'
+        outputs and the state equal the unpadded rows', or the mixer raises naming itself.
     step(x_t [B,d_model], state) -> (y_t [B,d_model], new_state)
         one token, O(1) in the tokens seen (softmax attention: its KV cache is the baseline's cost).
     init_state(batch_size, device, dtype) -> state   (the state before any token)
@@ -28,7 +30,7 @@ class Mixer(nn.Module):
         self.layer_idx = layer_idx
         self.options = cfg.options_for(self.mixer_name)
 
-    def forward(self, x, state=None, return_state=False):  # pragma: no cover - interface
+    def forward(self, x, state=None, return_state=False, pad_mask=None):  # pragma: no cover - interface
         raise NotImplementedError
 
     def step(self, x_t, state):

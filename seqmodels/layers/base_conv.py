@@ -14,6 +14,7 @@ lineage) and the Based LM (arXiv 2402.18668 §3.2). Two forms, selected by
   with a bias-free convolution.
 
 Decoding state: the convolution's last K-1 inputs [B, K-1, channels] (short_conv tail), constant in T.
+Padding: the convolution's input is 0 at pads, which is exactly the zero tail a sequence starts from.
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ from seqmodels.kernels.short_conv import MAX_KERNEL_SIZE, short_conv, short_conv
 from seqmodels.layers.base import Mixer
 from seqmodels.layers.registry import register_mixer
 from seqmodels.modules.options import check_int_option
+from seqmodels.modules.padding import zero_pads
 
 VARIANTS = ("zoology", "based")
 
@@ -85,12 +87,12 @@ class BaseConv(Mixer):
     def init_state(self, batch_size, device=None, dtype=None) -> torch.Tensor:
         return torch.zeros(batch_size, self.options.kernel_size - 1, self.channels, device=device, dtype=dtype)
 
-    def forward(self, u, state=None, return_state: bool = False):
+    def forward(self, u, state=None, return_state: bool = False, pad_mask=None):
         if self.options.variant == "zoology":
-            conv, tail = short_conv(u, self.conv_weight, self.conv_bias, state, return_state, self._backend())
+            conv, tail = short_conv(zero_pads(u, pad_mask), self.conv_weight, self.conv_bias, state, return_state, self._backend())
             return self._zoology_out(u, conv), tail
         u1, u2 = self.in_proj(u).chunk(2, dim=-1)
-        conv, tail = short_conv(u1, self.conv_weight, None, state, return_state, self._backend())
+        conv, tail = short_conv(zero_pads(u1, pad_mask), self.conv_weight, None, state, return_state, self._backend())
         return self.out_proj(F.silu(conv) * u2), tail
 
     def step(self, u_t, state):

@@ -16,7 +16,8 @@ computed with `gla` (no decay, scale 1) and the ones column for the denominator
 kernel with a smaller state. Projection names follow the Based code (q/k/v/out projections, no
 biases); v's head dim is `head_dim_v` (d_model / n_heads). eps defaults to the Based code's 1e-12
 (the denominator is ≥ t/2 because 1 + a + a²/2 ≥ 1/2, so eps only guards an empty prefix).
-Decoding state: S [B, H, feature dims, Dv + 1] (values and normalizer), constant in T.
+Decoding state: S [B, H, feature dims, Dv + 1] (values and normalizer), constant in T. Padding:
+φ(k) = 0 at pads, so they add nothing to S or the normalizer.
 """
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ from seqmodels.layers.base import Mixer
 from seqmodels.layers.registry import register_mixer
 from seqmodels.modules.normalized_gla import normalized_gla, normalized_gla_step, zero_state
 from seqmodels.modules.options import check_int_option
+from seqmodels.modules.padding import zero_pads
 
 PACKINGS = ("full", "symmetric")
 
@@ -103,9 +105,10 @@ class BasedLinearAttention(Mixer):
     def init_state(self, batch_size, device=None, dtype=None) -> torch.Tensor:
         return zero_state(batch_size, self.n_heads, self.expanded_dim, self.head_dim_v, device, dtype)
 
-    def forward(self, x, state=None, return_state: bool = False):
+    def forward(self, x, state=None, return_state: bool = False, pad_mask=None):
         B, T, _ = x.shape
         q, k, v = self.features(x)
+        k = zero_pads(k, pad_mask)
         o, new_state = normalized_gla(q, k, v, self.options.eps, initial_state=state, output_final_state=return_state,
                                       chunk_size=self.cfg.chunk_size, backend=self.cfg.kernel_backend)
         return self.o_proj(o.reshape(B, T, -1)), new_state

@@ -46,7 +46,8 @@ constant in the generated length), kept as a ring buffer (`long_start` = slot of
 that `step` writes in place while autograd is off (copy the state to branch a decode); the kernel `step` uses is cached
 (rebuilt when a parameter changes: keyed on the parameters' version counters and storage) unless
 autograd is recording, so a step costs one O(L_k·d) dot product. "ssm": h [B, d, N, 2], O(d·N)
-per token.
+per token. Padding: both convolutions get 0 input at pads (a left pad is then the zero tail a
+sequence starts from) and k = 0 there, so S and the normalizer skip pads.
 """
 from __future__ import annotations
 
@@ -67,6 +68,7 @@ from seqmodels.layers.base import Mixer
 from seqmodels.layers.registry import register_mixer
 from seqmodels.modules.norm import build_norm
 from seqmodels.modules.options import check_int_option
+from seqmodels.modules.padding import zero_pads
 
 FEATURE_MAPS = ("elu1", "identity")
 LONG_KERNEL_FORMS = ("free", "ssm")
@@ -287,13 +289,15 @@ class Chela(Mixer):
         return long_conv(s, self.long_kernel().to(s.dtype), initial_state=tail, output_final_state=return_state,
                          backend=self.conv_backend)
 
-    def forward(self, x, state: Optional[ChelaState] = None, return_state: bool = False):
+    def forward(self, x, state: Optional[ChelaState] = None, return_state: bool = False, pad_mask=None):
         x_norm = self.norm(x)
         short_out, short_tail = short_conv(
-            x_norm, self.short_weight, self.short_bias, initial_state=None if state is None else state.short_tail,
+            zero_pads(x_norm, pad_mask), self.short_weight, self.short_bias,
+            initial_state=None if state is None else state.short_tail,
             output_final_state=return_state, backend=self.conv_backend)
-        x_prime, long_tail = self._long_forward(F.silu(short_out), state, return_state)
+        x_prime, long_tail = self._long_forward(zero_pads(F.silu(short_out), pad_mask), state, return_state)
         q, k, v, r, u, h = self._projections(x_norm, x_prime)
+        k = zero_pads(k, pad_mask)
         attn, attn_state = gla(q, k, v, scale=1.0, initial_state=None if state is None else state.attn,
                                output_final_state=return_state, chunk_size=self.cfg.chunk_size, backend=self.gla_backend)
         y = self._output(x, attn, r, u, h)

@@ -22,7 +22,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from seqmodels.layers.registry import register_mixer
-from seqmodels.modules.gla_base import GLAMixer, GLAState, expanded_head_dims, gla_layer, gla_layer_step
+from seqmodels.modules.gla_base import (GLAMixer, GLAState, expanded_head_dims, gla_layer, gla_layer_step, mask_pads,
+                                       next_gla_state)
 from seqmodels.modules.norm import RMSNorm
 from seqmodels.modules.options import check_int_option
 
@@ -74,10 +75,11 @@ class GatedLinearAttention(GLAMixer):
         """W_O(RMSNorm_head(o) ⊙ swish(x W_r)); o [..., H, Dv], x [..., d]."""
         return self.o_proj(self.head_norm(o).flatten(-2) * F.silu(self.g_proj(x)))
 
-    def forward(self, x, state: GLAState | None = None, return_state: bool = False):
+    def forward(self, x, state: GLAState | None = None, return_state: bool = False, pad_mask=None):
         q, k, v, log_decay = self.project(x)
+        k, v, log_decay = mask_pads(pad_mask, k, v, log_decay)
         o, kv = gla_layer(self.cfg, q, k, v, log_decay, self.scale, None if state is None else state.kv, return_state)
-        new_state = GLAState(kv, (0 if state is None else state.seen_tokens) + x.shape[1]) if return_state else None
+        new_state = next_gla_state(kv, state, x.shape[1], pad_mask) if return_state else None
         return self.output(o, x), new_state
 
     def step(self, x_t, state: GLAState):

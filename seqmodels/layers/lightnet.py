@@ -10,7 +10,8 @@ The additive linear recurrence, per key channel c (instead of a multiplicative d
 i.e. `gla(SiLU(q), k̃, v, log_decay_k)` with k̃_t = e^{k_t - z_t} and log_decay_t = z_{t-1} - z_t
 (<= 0; 0 at the first token, where S_0 = 0). Decoding carries S and z [B, H, Dk]; the step is
 z' = logaddexp(z, k_t). Padding positions may hold k = -inf: (-inf) - (-inf) is guarded, such a
-position contributes nothing and leaves S and z unchanged. Block (docs/architecture.md §5.5):
+position contributes nothing and leaves S and z unchanged; pads of a padded batch get k = -inf
+(and v = 0), so they neither write nor decay S. Block (docs/architecture.md §5.5):
 
     y = W_o( RMSNorm(o) ⊙ swish(x W_g1 W_g2) )     (norm over all heads, low-rank gate)
 
@@ -31,6 +32,7 @@ from seqmodels.kernels.gla import gla_step
 from seqmodels.layers.registry import register_mixer
 from seqmodels.modules.gla_base import GLAMixer, gla_layer
 from seqmodels.modules.norm import RMSNorm
+from seqmodels.modules.padding import zero_pads
 from seqmodels.modules.options import check_int_option
 
 
@@ -94,8 +96,10 @@ class LightNetAttention(GLAMixer):
         """W_o(RMSNorm(o) ⊙ swish(x W_g1 W_g2)); o [..., H, Dv], x [..., d]."""
         return self.o_proj(self.norm(o.flatten(-2)) * F.silu(self.gate_up(self.gate_down(x))))
 
-    def forward(self, x, state: LightNetState | None = None, return_state: bool = False):
+    def forward(self, x, state: LightNetState | None = None, return_state: bool = False, pad_mask=None):
         q, k, v = self.project(x)
+        if pad_mask is not None:
+            k, v = k.masked_fill(~pad_mask[:, :, None, None], float("-inf")), zero_pads(v, pad_mask)
         z0 = None if state is None else state.log_normalizer
         compute = compute_dtype(x.dtype)
         k_tilde, log_decay, z_last = additive_gates(k.to(compute), None if z0 is None else z0.to(compute))

@@ -33,8 +33,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from seqmodels.layers.registry import register_mixer
-from seqmodels.modules.gla_base import GLAMixer, GLAState, gla_layer, gla_layer_step
+from seqmodels.modules.gla_base import GLAMixer, GLAState, gla_layer, gla_layer_step, mask_pads, next_gla_state
 from seqmodels.modules.norm import RMSNorm
+from seqmodels.modules.padding import current_pad_offset, token_positions
 
 DECAY_SCHEDULES = ("official", "paper")
 
@@ -99,36 +100,38 @@ class LightningAttention(GLAMixer):
         decay = lightning_log_decay(self.n_heads, self.layer_idx, self.cfg.n_layers, self.options.decay_schedule)
         return decay.to(device=x.device, dtype=x.dtype)
 
-    def _lrpe(self, x: torch.Tensor, offset: int) -> torch.Tensor:
-        """[B, T, H, Dk] -> [B, T, H, 2 Dk]: [x cos θt, x sin θt] at positions offset..offset+T-1."""
-        positions = torch.arange(offset, offset + x.shape[1], device=x.device, dtype=x.dtype)
-        angle = positions[:, None, None] * self.lrpe_theta.to(x.dtype)
+    def _lrpe(self, x: torch.Tensor, offset: int, pad_offset=None) -> torch.Tensor:
+        """[B, T, H, Dk] -> [B, T, H, 2 Dk]: [x cos θt, x sin θt] at positions offset..offset+T-1 (less each
+        row's leading pads `pad_offset` [B])."""
+        positions = token_positions(offset, x.shape[1], pad_offset, x.device).to(x.dtype)
+        angle = positions[..., None, None] * self.lrpe_theta.to(x.dtype)
         return torch.cat([x * angle.cos(), x * angle.sin()], dim=-1)
 
-    def project(self, x: torch.Tensor, offset: int):
+    def project(self, x: torch.Tensor, offset: int, pad_offset=None):
         """x [B, T, d] -> q, k [B, T, H, Dk or 2Dk] (SiLU, then LRPE), v [B, T, H, Dv]."""
         q = self.split_heads(F.silu(self.q_proj(x)), self.dk)
         k = self.split_heads(F.silu(self.k_proj(x)), self.dk)
         v = self.split_heads(self.v_proj(x), self.dv)
         if self.options.lrpe:
-            q, k = self._lrpe(q, offset), self._lrpe(k, offset)
+            q, k = self._lrpe(q, offset, pad_offset), self._lrpe(k, offset, pad_offset)
         return q, k, v
 
     def output(self, o: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """W_o(SRMSNorm(o) ⊙ x W_u); o [..., H, Dv], x [..., d]."""
         return self.o_proj(self.norm(o.flatten(-2)) * self.u_proj(x))
 
-    def forward(self, x, state: GLAState | None = None, return_state: bool = False):
+    def forward(self, x, state: GLAState | None = None, return_state: bool = False, pad_mask=None):
         batch, time, _ = x.shape
         offset = 0 if state is None else state.seen_tokens
-        q, k, v = self.project(x, offset)
+        q, k, v = self.project(x, offset, current_pad_offset(None if state is None else state.pad_offset, pad_mask))
         log_decay = self.log_decay(x)[None, None, :].expand(batch, time, self.n_heads)
+        k, v, log_decay = mask_pads(pad_mask, k, v, log_decay)
         o, kv = gla_layer(self.cfg, q, k, v, log_decay, 1.0, None if state is None else state.kv, return_state)
-        new_state = GLAState(kv, offset + time) if return_state else None
+        new_state = next_gla_state(kv, state, time, pad_mask) if return_state else None
         return self.output(o, x), new_state
 
     def step(self, x_t, state: GLAState):
-        q, k, v = self.project(x_t[:, None], state.seen_tokens)
+        q, k, v = self.project(x_t[:, None], state.seen_tokens, state.pad_offset)
         log_decay = self.log_decay(x_t)[None, :].expand(x_t.shape[0], self.n_heads)
         o_t, state = gla_layer_step(q[:, 0], k[:, 0], v[:, 0], log_decay, 1.0, state)
         return self.output(o_t, x_t), state

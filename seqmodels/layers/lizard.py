@@ -22,6 +22,8 @@ matrix; c_ref = c at the start of each query block of `chunk_size` rows keeps ev
 Decoding state (LizardState): S [B, H, 2F, Dv + 1] (values + normalizer) and a WindowCache ring
 buffer of the last w keys/values — constant in T. The meta logits are parameters.
 
+Padding: φ_k(k) = 0 and log Γ = 0 at pads (the global state is neither written nor decayed there)
+and pad keys are masked in the window (the cache keeps `pad_offset`).
 Projections, feature maps and `from_attention` come from seqmodels/modules/hedgehog_window.py
 (shared with LoLCATs).
 """
@@ -41,6 +43,7 @@ from seqmodels.layers.registry import register_mixer
 from seqmodels.modules.hedgehog_window import HedgehogWindowBase
 from seqmodels.modules.normalized_gla import normalized_gla, normalized_gla_step, zero_state
 from seqmodels.modules.options import check_int_option
+from seqmodels.modules.padding import current_pad_offset, keep_state_at_pads, key_mask_for, zero_pads
 
 GLOBAL_FORMS = ("gla", "folded")
 EPS = 1e-12  # guards the global normalizer (≥ φ_q(q_i)·φ_k(k_i) > 0, so eps only matters on underflow)
@@ -111,10 +114,11 @@ class LizardAttention(HedgehogWindowBase):
         u_q, u_k = self.feature_logits(q, k)
         return hedgehog_exp(u_q), hedgehog_exp(u_k), self.expand_kv(v), F.logsigmoid(self.gate_proj(x))
 
-    def forward(self, x, state: Optional[LizardState] = None, return_state: bool = False):
+    def forward(self, x, state: Optional[LizardState] = None, return_state: bool = False, pad_mask=None):
         B, T, _ = x.shape
         q, k, v = self.project(x)
         phi_q, phi_k, v_h, log_gate = self.global_inputs(x, q, k, v)
+        phi_k, log_gate = zero_pads(phi_k, pad_mask), keep_state_at_pads(log_gate, pad_mask)
         S0 = None if state is None else state.global_state
         if self.options.global_form == "folded":
             y_global, S = folded_global(phi_q, phi_k, v_h, log_gate, S0, self.cfg.chunk_size)
@@ -125,16 +129,18 @@ class LizardAttention(HedgehogWindowBase):
         if not self.linear_branch_enabled:
             y_global = torch.zeros_like(y_global)
         offset, first = (state.window.seen_tokens, 0) if state is not None else (0, 0)
+        pad_offset = current_pad_offset(None if state is None else state.window.pad_offset, pad_mask)
         if state is not None and offset > 0:  # cached keys/values of positions first..offset-1
             k_past, v_past, first = state.window.ordered()
             k, v = torch.cat([k_past, k], dim=1), torch.cat([v_past, v], dim=1)
         backend = "naive" if self.cfg.kernel_backend == "naive" else "auto"
         y_local = attention(q, k, v, causal=True, window=self.options.window, q_offset=offset, k_offset=first,
-                            sink_logits=self._sinks(), backend=backend)
+                            sink_logits=self._sinks(), backend=backend,
+                            key_mask=key_mask_for(pad_offset, first, k.shape[1], pad_mask, x.device))
         y = self.o_proj((y_global.to(x.dtype) + self.alpha[:, None] * y_local).reshape(B, T, -1))
         if not return_state:
             return y, None
-        return y, LizardState(S, WindowCache.from_prefill(k, v, self.options.window, k_offset=first))
+        return y, LizardState(S, WindowCache.from_prefill(k, v, self.options.window, k_offset=first, pad_offset=pad_offset))
 
     def step(self, x_t, state: LizardState):
         q, k, v = (t[:, 0] for t in self.project(x_t[:, None]))
@@ -142,8 +148,7 @@ class LizardAttention(HedgehogWindowBase):
         y_global, S = normalized_gla_step(phi_q, phi_k, v_h, state.global_state, EPS, log_decay_k=log_gate)
         if not self.linear_branch_enabled:
             y_global = torch.zeros_like(y_global)
-        cache = WindowCache(state.window.key.clone(), state.window.value.clone(), state.window.seen_tokens)
-        y_local, cache = attention_step(q, k, v, cache, sink_logits=self._sinks())
+        y_local, cache = attention_step(q, k, v, state.window.copy(), sink_logits=self._sinks())
         y = self.o_proj((y_global.to(x_t.dtype) + self.alpha[:, None] * y_local).reshape(x_t.shape[0], -1))
         return y, LizardState(S, cache)
 

@@ -14,7 +14,8 @@ Training form: one T × S masked score matrix (quadratic, like the LoLCATs train
 form for every kernel_backend). Decoding state (LolcatsState): S [B, H, 2F, Dv + 1] over the keys
 that left the window (values + normalizer column) and a WindowCache ring buffer of the last w
 keys/values — constant in T; a key is folded into S when its ring slot is overwritten.
-Registered as its own mixer `lolcats` (LoLCATs has no gate, no meta logits and a shared normalizer,
+Padding: pad keys are masked in the window and have φ_k = 0 (nothing folded into S); the cache
+keeps `pad_offset`. Registered as its own mixer `lolcats` (LoLCATs has no gate, no meta logits and a shared normalizer,
 so it is not a switch on Lizard); projections, feature maps and `from_attention` come from
 seqmodels/modules/hedgehog_window.py (shared with Lizard).
 """
@@ -33,6 +34,7 @@ from seqmodels.layers.registry import register_mixer
 from seqmodels.modules.hedgehog_window import HedgehogWindowBase
 from seqmodels.modules.normalized_gla import zero_state
 from seqmodels.modules.options import check_int_option
+from seqmodels.modules.padding import current_pad_offset, key_mask_for, zero_pads
 
 
 @dataclass
@@ -104,11 +106,12 @@ class LolcatsAttention(HedgehogWindowBase):
             out = out + (1 - gamma).view(1, 1, -1, 1) * torch.einsum("bthf,bhfd->bthd", phi_q, S.to(phi_q.dtype))
         return out[..., :-1] / out[..., -1:]
 
-    def forward(self, x, state: Optional[LolcatsState] = None, return_state: bool = False):
+    def forward(self, x, state: Optional[LolcatsState] = None, return_state: bool = False, pad_mask=None):
         B, T, _ = x.shape
         w = self.options.window
         q, k, v = self.project(x)
         offset, first = (state.window.seen_tokens, 0) if state is not None else (0, 0)
+        pad_offset = current_pad_offset(None if state is None else state.window.pad_offset, pad_mask)
         if state is not None and offset > 0:  # cached keys/values of positions first..offset-1
             k_past, v_past, first = state.window.ordered()
             k, v = torch.cat([k_past, k], dim=1), torch.cat([v_past, v], dim=1)
@@ -117,6 +120,10 @@ class LolcatsAttention(HedgehogWindowBase):
         pos_q = offset + torch.arange(T, device=x.device)[:, None]
         pos_k = first + torch.arange(k.shape[1], device=x.device)[None, :]
         window_mask = (pos_k <= pos_q) & (pos_q - pos_k < w)
+        key_mask = key_mask_for(pad_offset, first, k.shape[1], pad_mask, x.device)
+        if key_mask is not None:  # pad keys hidden (each query keeps its own key: no empty row)
+            window_mask = (window_mask & (key_mask[:, None, None, :] | (pos_k == pos_q)))
+            phi_k = zero_pads(phi_k, key_mask)
         linear_mask = pos_k <= pos_q - w
         scores = torch.einsum("bthd,bshd->bhts", q, k_h) / math.sqrt(self.dk)
         linear = torch.einsum("bthf,bshf->bhts", phi_q, phi_k).masked_fill(~linear_mask, 0.0)
@@ -131,23 +138,26 @@ class LolcatsAttention(HedgehogWindowBase):
         S = S.to(compute_dtype(x.dtype))
         if S0 is not None:
             S = S + S0
-        return y, LolcatsState(S, WindowCache.from_prefill(k, v, w, k_offset=first))
+        return y, LolcatsState(S, WindowCache.from_prefill(k, v, w, k_offset=first, pad_offset=pad_offset))
 
     def step(self, x_t, state: LolcatsState):
         B = x_t.shape[0]
         w = self.options.window
         q, k, v = (t[:, 0] for t in self.project(x_t[:, None]))
         S = state.linear_state
-        cache = WindowCache(state.window.key.clone(), state.window.value.clone(), state.window.seen_tokens)
+        cache = state.window.copy()
         if cache.seen_tokens >= w:  # the key at position seen_tokens - w leaves the window: fold it into S
             slot = (cache.seen_tokens - w) % w
             k_old, v_old = cache.key[:, slot], self.expand_kv(cache.value[:, slot])
             _, phi_old = self._features(q, k_old)
+            if cache.pad_offset is not None:  # a pad leaving the window adds nothing
+                phi_old = phi_old * (cache.seen_tokens - w >= cache.pad_offset).to(phi_old.dtype)[:, None, None]
             v1_old = torch.cat([v_old, v_old.new_ones(B, self.n_heads, 1)], dim=-1)
             S = S + torch.einsum("bhf,bhd->bhfd", phi_old, v1_old).to(S.dtype)
         cache.append(k[:, None], v[:, None])
-        valid = cache.positions() >= 0  # [w]
+        valid = cache.visible_slots()  # [w], or [B, w] for a padded batch
+        valid = valid[None, None, None] if valid.dim() == 1 else valid[:, None, None, :]
         phi_q, _ = self._features(q, k)
         scores = torch.einsum("bhd,blhd->bhl", q, self.expand_kv(cache.key)) / math.sqrt(self.dk)
-        y = self._mix(scores[:, :, None], valid[None, None, None], self.expand_kv(cache.value), phi_q[:, None], None, None, S)
+        y = self._mix(scores[:, :, None], valid, self.expand_kv(cache.value), phi_q[:, None], None, None, S)
         return self.o_proj(y.reshape(B, -1)), LolcatsState(S, cache)

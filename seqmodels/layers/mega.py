@@ -41,6 +41,9 @@ Defaults z_dim = d/2, v_dim = 2d, nffn_hidden = 2d follow Mega's base ratios (HF
 Decoding state (MegaState): the EMA h [B, d, h] plus the attention cache — Mega-chunk: the
 current chunk's keys/values (a ChunkCache of c slots, logically cleared at every chunk
 boundary), constant in T; full attention: the KV cache (grows with T; with the simple bias T <= max_seq_len).
+Padding (decision, docs/architecture.md §4.1): right padding is exact (pads follow every real token);
+left padding is refused: Mega-chunk's chunks sit at absolute positions shared by the batch, and the
+full-attention form does not mask keys.
 """
 from __future__ import annotations
 
@@ -60,6 +63,7 @@ from seqmodels.layers.base import Mixer
 from seqmodels.layers.registry import register_mixer
 from seqmodels.modules.norm import build_norm
 from seqmodels.modules.options import check_int_option
+from seqmodels.modules.padding import refuse_padding
 
 ATTENTION_FUNCTIONS = ("softmax", "laplace")
 REL_POS_BIASES = ("simple", "rotary")
@@ -289,7 +293,10 @@ class Mega(Mixer):
         v = torch.zeros(batch_size, slots, 1, self.v_dim, device=device, dtype=dtype)
         return MegaState(h, ChunkCache(k, v, 0) if self.chunk else KVCache(k, v))
 
-    def forward(self, x, state: Optional[MegaState] = None, return_state: bool = False):
+    def forward(self, x, state: Optional[MegaState] = None, return_state: bool = False, pad_mask=None):
+        refuse_padding("mega", pad_mask, "would move its attention chunks (attention_chunk), which sit at absolute "
+                       "positions shared by the batch" if self.chunk else "would put pad keys into its attention, which "
+                       "does not mask keys")
         batch, time, _ = x.shape
         seen_tokens = 0 if state is None else state.seen_tokens
         self._check_positions(seen_tokens + time)

@@ -44,9 +44,9 @@ class ReLiT(ReLiTBase):
     def init_state(self, batch_size, device=None, dtype=None) -> torch.Tensor:
         return zero_state(batch_size, self.n_heads, self.feature_dim, self.head_dim_v, device, dtype)
 
-    def _mix(self, x, state, return_state):
+    def _mix(self, x, state, return_state, pad_mask=None):
         B, T, _ = x.shape
-        phi_q, k, v, log_decay_k, log_decay_v = self.features(x)[:5]
+        phi_q, k, v, log_decay_k, log_decay_v = self.features(x, pad_mask)[:5]
         o, new_state = normalized_gla(phi_q, k, v, self.options.eps, log_decay_k, log_decay_v, initial_state=state,
                                       output_final_state=return_state, chunk_size=self.cfg.chunk_size,
                                       backend=self.cfg.kernel_backend)

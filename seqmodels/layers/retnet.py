@@ -26,7 +26,8 @@ exponent) with channel 2i paired with 2i+1 (rotate-every-two), positions from 0.
 torchscale RetNet weights: with "rope" their q/k would be rotated by other angles and pairs.
 base = cfg.rope_theta (10000 in both).
 
-Decoding state: GLAState (S per head and the rotary position of the next token).
+Decoding state: GLAState (S per head and the rotary position of the next token). Padding: pads
+neither write nor decay S; rotary positions count each row's real tokens.
 """
 from __future__ import annotations
 
@@ -37,8 +38,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from seqmodels.layers.registry import register_mixer
-from seqmodels.modules.gla_base import GLAMixer, GLAState, gla_layer, gla_layer_step
+from seqmodels.modules.gla_base import GLAMixer, GLAState, gla_layer, gla_layer_step, mask_pads, next_gla_state
 from seqmodels.modules.norm import RMSNorm
+from seqmodels.modules.padding import current_pad_offset, token_positions
 from seqmodels.modules.rope import apply_rope, rope_cos_sin
 
 HEAD_NORMS = ("rmsnorm", "groupnorm")
@@ -67,10 +69,10 @@ def retention_log_decay(n_heads: int, dtype=torch.float64, device=None) -> torch
 def torchscale_rotary(x: torch.Tensor, positions: torch.Tensor, base: float) -> torch.Tensor:
     """x [B, T, H, D] rotated as torchscale's RetNet: θ_i = base^{-i/(D/2-1)}, pairs (2i, 2i+1):
     (x_{2i}, x_{2i+1}) -> (x_{2i} cos - x_{2i+1} sin, x_{2i+1} cos + x_{2i} sin) at angle n θ_i.
-    Angles in float64, then x's dtype."""
+    positions [T] or per row [B, T]. Angles in float64, then x's dtype."""
     half = x.shape[-1] // 2
     theta = base ** -torch.linspace(0, 1, half, dtype=torch.float64, device=x.device)
-    angle = (positions.to(torch.float64)[:, None] * theta[None, :])[:, None, :]  # [T, 1, D/2]
+    angle = (positions.to(torch.float64)[..., None] * theta)[..., None, :]  # [(B,) T, 1, D/2]
     cos, sin = angle.cos().to(x.dtype), angle.sin().to(x.dtype)
     even, odd = x[..., 0::2], x[..., 1::2]
     return torch.stack([even * cos - odd * sin, odd * cos + even * sin], dim=-1).flatten(-2)
@@ -100,13 +102,14 @@ class MultiScaleRetention(GLAMixer):
         """[H] constant ln γ_h in x's dtype (callers expand it: no copy per token)."""
         return retention_log_decay(self.n_heads, x.dtype, x.device)
 
-    def project(self, x: torch.Tensor, offset: int):
-        """x [B, T, d] -> q, k [B, T, H, Dk] (rotary at positions offset..offset+T-1), v [B, T, H, Dv]."""
+    def project(self, x: torch.Tensor, offset: int, pad_offset=None):
+        """x [B, T, d] -> q, k [B, T, H, Dk] (rotary at positions offset..offset+T-1, less each row's
+        leading pads `pad_offset` [B]), v [B, T, H, Dv]."""
         time = x.shape[1]
         q, k = self.split_heads(self.q_proj(x), self.dk), self.split_heads(self.k_proj(x), self.dk)
         v = self.split_heads(self.v_proj(x), self.dv)
         if self.options.rotary:
-            positions = torch.arange(offset, offset + time, device=x.device)
+            positions = token_positions(offset, time, pad_offset, x.device)
             if self.options.rotary_schedule == "torchscale":
                 q, k = (torchscale_rotary(t, positions, self.cfg.rope_theta) for t in (q, k))
             else:
@@ -123,17 +126,18 @@ class MultiScaleRetention(GLAMixer):
             normed = self.head_norm(o).flatten(-2)
         return self.o_proj(F.silu(self.g_proj(x)) * normed)
 
-    def forward(self, x, state: GLAState | None = None, return_state: bool = False):
+    def forward(self, x, state: GLAState | None = None, return_state: bool = False, pad_mask=None):
         batch, time, _ = x.shape
         offset = 0 if state is None else state.seen_tokens
-        q, k, v = self.project(x, offset)
+        q, k, v = self.project(x, offset, current_pad_offset(None if state is None else state.pad_offset, pad_mask))
         log_decay = self.log_decay(x)[None, None, :].expand(batch, time, self.n_heads)
+        k, v, log_decay = mask_pads(pad_mask, k, v, log_decay)
         o, kv = gla_layer(self.cfg, q, k, v, log_decay, self.scale, None if state is None else state.kv, return_state)
-        new_state = GLAState(kv, offset + time) if return_state else None
+        new_state = next_gla_state(kv, state, time, pad_mask) if return_state else None
         return self.output(o, x), new_state
 
     def step(self, x_t, state: GLAState):
-        q, k, v = self.project(x_t[:, None], state.seen_tokens)
+        q, k, v = self.project(x_t[:, None], state.seen_tokens, state.pad_offset)
         log_decay = self.log_decay(x_t)[None, :].expand(x_t.shape[0], self.n_heads)
         o_t, state = gla_layer_step(q[:, 0], k[:, 0], v[:, 0], log_decay, self.scale, state)
         return self.output(o_t, x_t), state

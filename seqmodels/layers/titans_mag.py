@@ -30,7 +30,9 @@ from seqmodels.kernels.attention import WindowCache, attention, attention_step
 from seqmodels.layers.attention import SoftmaxAttention
 from seqmodels.layers.base import Mixer
 from seqmodels.layers.registry import register_mixer
-from seqmodels.modules.neural_memory_branch import NeuralMemoryBranch, TitansMemoryOptions, TitansMemoryState
+from seqmodels.modules.neural_memory_branch import (LEFT_PADDING_REFUSAL, NeuralMemoryBranch, TitansMemoryOptions,
+                                                    TitansMemoryState)
+from seqmodels.modules.padding import refuse_padding
 from seqmodels.modules.norm import RMSNorm
 from seqmodels.modules.options import check_int_option
 
@@ -94,7 +96,8 @@ class TitansMAG(Mixer):
         gated = self.attn_norm(attn_out) * torch.sigmoid(self.memory_norm(read))
         return self.attn.o_proj(gated.flatten(-2))
 
-    def forward(self, x, state: Optional[TitansMAGState] = None, return_state: bool = False):
+    def forward(self, x, state: Optional[TitansMAGState] = None, return_state: bool = False, pad_mask=None):
+        refuse_padding(self.mixer_name, pad_mask, LEFT_PADDING_REFUSAL)  # as titans_memory (its docstring)
         read, memory = self.memory.run(x, None if state is None else state.memory)
         offset = state.window.seen_tokens if state is not None else 0
         q, k, v = self.attn.project(x, offset)

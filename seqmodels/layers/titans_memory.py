@@ -27,6 +27,9 @@ with learned initial weights (W1, W2) (the paper's preferred deep memory; the op
 loop, so it is slow: for small models and probes).
 Decoding state (TitansMemoryState): the conv tail [B, K-1, channels] and the memory state
 (M, S, M_{t'}, seen_in_chunk) — constant in T.
+Padding (decision, docs/architecture.md §4.1): right padding is exact (pads follow every real token);
+left padding is refused: the mini-batch boundaries sit at absolute positions shared by the batch,
+and even a pad that writes nothing changes M through the momentum carried from the persistent prefix.
 """
 from __future__ import annotations
 
@@ -37,7 +40,9 @@ from torch import nn
 
 from seqmodels.layers.base import Mixer
 from seqmodels.layers.registry import register_mixer
-from seqmodels.modules.neural_memory_branch import NeuralMemoryBranch, TitansMemoryOptions, TitansMemoryState
+from seqmodels.modules.neural_memory_branch import (LEFT_PADDING_REFUSAL, NeuralMemoryBranch, TitansMemoryOptions,
+                                                    TitansMemoryState)
+from seqmodels.modules.padding import refuse_padding
 from seqmodels.modules.norm import RMSNorm
 
 
@@ -65,7 +70,8 @@ class TitansMemory(Mixer):
         gated = self.out_norm(read) * torch.sigmoid(self.g_proj(x)).view(read.shape)
         return self.o_proj(gated.flatten(-2))
 
-    def forward(self, x, state: Optional[TitansMemoryState] = None, return_state: bool = False):
+    def forward(self, x, state: Optional[TitansMemoryState] = None, return_state: bool = False, pad_mask=None):
+        refuse_padding(self.mixer_name, pad_mask, LEFT_PADDING_REFUSAL)
         read, state = self.memory.run(x, state)
         return self._output(x, read), (state if return_state else None)
 

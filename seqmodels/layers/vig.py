@@ -14,7 +14,8 @@ inferred from T). Per layer:
     y   = W_o m        (y = W_o SiLU(m) if `out_silu`)
 
 Width of q, k: expand_k·d (0.5); v has width d (expand_v must be 1: L and o share the gate).
-Bidirectional: `causal = False`, no step, no decoding state; use it with `head: classify`.
+Bidirectional: `causal = False`, no step, no decoding state; use it with `head: classify`. A
+padded grid is refused (pads are grid cells the 3×3 conv and both scans would read).
 Activations, as in the released code (github.com/hustvl/ViG, classification/models/vig.py and
 configs/vig/vig-{t,s,b}.yaml): `conv_silu` is the SiLU after the depthwise conv (the released
 layer's default is on; the ViG-S and ViG-B configs turn it off, ViG-T keeps it), `out_silu` the
@@ -33,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from seqmodels.layers.registry import register_mixer
+from seqmodels.modules.padding import refuse_padding
 from seqmodels.modules.gla_base import GLAMixer, expanded_head_dims, gla_layer
 from seqmodels.modules.norm import RMSNorm
 from seqmodels.modules.options import check_int_option
@@ -125,9 +127,10 @@ class BidirectionalGLA(GLAMixer):
         mixed = self.o_norm(o).flatten(-2) * g + self.l_norm(local.reshape(o.shape)).flatten(-2) * (1 - g)
         return self.o_proj(F.silu(mixed) if self.options.out_silu else mixed)
 
-    def forward(self, x, state=None, return_state: bool = False):
+    def forward(self, x, state=None, return_state: bool = False, pad_mask=None):
         if state is not None or return_state:
             raise ValueError("vig is bidirectional: it has no recurrent state (use head: classify)")
+        refuse_padding("vig", pad_mask, "put pad cells into its image grid", left_only=False)
         local = self.locality(x)
         q, k, v, forward_gate, backward_gate = self.project(local)
         o_forward, _ = gla_layer(self.cfg, q, k, v, forward_gate, self.scale, None, False)

@@ -3,7 +3,9 @@ LightNet, ViG.
 
 `GLAMixer` holds the bias-free q, k, v projections split into heads (`head_dims()` gives Dk, Dv;
 the config's by default) and the decoding state `GLAState`: one matrix S [B, H, Dk, Dv] per
-head plus the number of tokens consumed (the rotary / LRPE offset of the next token).
+head plus the number of tokens consumed and the leading pads per row (the rotary / LRPE position
+of the next token is seen_tokens - pad_offset). `mask_pads` makes pads invisible: k = v = 0 and
+log_decay = 0 there, so S is neither written nor decayed.
 `gla_layer` is the chunked (or naive, per `cfg.kernel_backend`) training form continuing from S;
 `gla_layer_step` is the one-token recurrent form on a GLAState.
 """
@@ -18,14 +20,31 @@ from torch import nn
 from seqmodels.kernels._dtype import compute_dtype
 from seqmodels.kernels.gla import gla, gla_step
 from seqmodels.layers.base import Mixer
+from seqmodels.modules.padding import current_pad_offset, keep_state_at_pads, zero_pads
 
 
 @dataclass
 class GLAState:
-    """kv: S [B, H, Dk, Dv] (float32/float64); seen_tokens: tokens consumed so far."""
+    """kv: S [B, H, Dk, Dv] (float32/float64); seen_tokens: tokens consumed so far; pad_offset: None or
+    [B] leading pads per row of a left-padded prefill (seqmodels/modules/padding.py)."""
 
     kv: torch.Tensor
     seen_tokens: int = 0
+    pad_offset: Optional[torch.Tensor] = None
+
+
+def mask_pads(pad_mask, k, v, log_decay):
+    """k, v [B, T, H, *] set to 0 and log_decay (None | [B, T, H, *]) to 0 at pads: S skips them."""
+    if pad_mask is None:
+        return k, v, log_decay
+    return zero_pads(k, pad_mask), zero_pads(v, pad_mask), keep_state_at_pads(log_decay, pad_mask)
+
+
+def next_gla_state(kv, state: Optional[GLAState], time: int, pad_mask) -> GLAState:
+    """The GLAState after a forward of `time` tokens from `state` (None = empty) with `pad_mask`."""
+    if state is None:
+        return GLAState(kv, time, current_pad_offset(None, pad_mask))
+    return GLAState(kv, state.seen_tokens + time, current_pad_offset(state.pad_offset, pad_mask))
 
 
 def gla_layer(cfg, q, k, v, log_decay_k, scale, initial_kv: Optional[torch.Tensor], return_state: bool, reverse: bool = False):
@@ -43,7 +62,7 @@ def gla_layer(cfg, q, k, v, log_decay_k, scale, initial_kv: Optional[torch.Tenso
 def gla_layer_step(q_t, k_t, v_t, log_decay_k, scale, state: GLAState):
     """One token: q_t, k_t [B, H, Dk], v_t [B, H, Dv], log_decay_k None | [B, H] | [B, H, Dk]."""
     o_t, kv = gla_step(q_t, k_t, v_t, log_decay_k=log_decay_k, state=state.kv, scale=scale)
-    return o_t, GLAState(kv, state.seen_tokens + 1)
+    return o_t, GLAState(kv, state.seen_tokens + 1, state.pad_offset)
 
 
 def expanded_head_dims(cfg, options, family: str):

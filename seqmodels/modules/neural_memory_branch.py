@@ -26,6 +26,9 @@ from seqmodels.kernels.short_conv import MAX_KERNEL_SIZE, short_conv, short_conv
 from seqmodels.modules.options import check_int_option
 
 MEMORY_KINDS = ("matrix", "mlp")
+# why titans_memory / titans_mag refuse left padding (the layer docstring's decision)
+LEFT_PADDING_REFUSAL = ("would shift the memory's mini-batch boundaries (memory_chunk_size), which sit at absolute "
+                        "positions shared by the batch")
 
 # initial gate biases (logits), our choice (the paper gives none): θ = max_lr·σ(0), η = σ(0) = 0.5,
 # α = σ(-4) ≈ 0.018 (memory keeps ~98% per token)

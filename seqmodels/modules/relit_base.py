@@ -22,6 +22,7 @@ from seqmodels.layers.base import Mixer
 from seqmodels.modules.gru_gate import GRUGate
 from seqmodels.modules.norm import build_norm
 from seqmodels.modules.options import check_int_option
+from seqmodels.modules.padding import zero_pads
 
 BLOCKS = ("standard", "gtrxl")
 
@@ -72,9 +73,10 @@ class ReLiTBase(Mixer):
         if self.residual_in_mixer:
             self.in_norm, self.gate = build_norm(cfg), GRUGate(d)
 
-    def features(self, x: torch.Tensor):
+    def features(self, x: torch.Tensor, pad_mask=None):
         """φ(q), γ⊙φ(k) [B,T,H,η·dk], β⊙v [B,T,H,dv], log(1-γ) [B,T,H,η·dk], log(1-β) [B,T,H,dv],
-        and the raw gates γ, β (for tests)."""
+        and the raw gates γ, β (for tests). At pads (pad_mask False) the key, value and both log-decays
+        are 0: the state is neither written nor decayed there."""
         B, T, _ = x.shape
         heads = lambda t: t.view(B, T, self.n_heads, -1)  # noqa: E731
         q, k, v = heads(self.q_proj(x)), heads(self.k_proj(x)), heads(self.v_proj(x))
@@ -83,12 +85,14 @@ class ReLiTBase(Mixer):
         phi_q, phi_k = outer_features(F.relu(p2), F.relu(q)), outer_features(F.relu(p1), F.relu(k))
         log_gamma = (F.logsigmoid(p3).unsqueeze(-1) + F.logsigmoid(gamma_logit).unsqueeze(-2)).flatten(-2)  # log vec(σ(p3)⊗σ(g))
         gamma, beta = log_gamma.exp(), torch.sigmoid(beta_logit)
-        return phi_q, gamma * phi_k, beta * v, log1mexp(log_gamma), F.logsigmoid(-beta_logit), gamma, beta
+        k_in, v_in, log_decay_k, log_decay_v = (zero_pads(t, pad_mask) for t in (
+            gamma * phi_k, beta * v, log1mexp(log_gamma), F.logsigmoid(-beta_logit)))
+        return phi_q, k_in, v_in, log_decay_k, log_decay_v, gamma, beta
 
-    def forward(self, x, state=None, return_state: bool = False):
+    def forward(self, x, state=None, return_state: bool = False, pad_mask=None):
         if not self.residual_in_mixer:
-            return self._mix(x, state, return_state)
-        y, state = self._mix(self.in_norm(x), state, return_state)
+            return self._mix(x, state, return_state, pad_mask)
+        y, state = self._mix(self.in_norm(x), state, return_state, pad_mask)
         return self.gate(x, F.relu(y)), state
 
     def step(self, x_t, state):
@@ -97,7 +101,7 @@ class ReLiTBase(Mixer):
         y, state = self._mix_step(self.in_norm(x_t), state)
         return self.gate(x_t, F.relu(y)), state
 
-    def _mix(self, x, state, return_state):  # pragma: no cover - interface
+    def _mix(self, x, state, return_state, pad_mask):  # pragma: no cover - interface
         raise NotImplementedError
 
     def _mix_step(self, x_t, state):  # pragma: no cover - interface
