@@ -91,7 +91,7 @@ def _fmt(value, spec: str) -> str:
 def results_markdown(rows: list[dict], missing: list[str], title: str, header: list[str]) -> str:
     lines = [f"# {title}", ""] + header + [
         "",
-        "| model | params (non-emb.) | ppl | ppl AR hits | ppl rare AR hits | ppl other | AR hits | gap (nats/token) "
+        "| model | params (non-emb.) | ppl | ppl AR hits | ppl rare AR hits | ppl other | AR hits (rare) | gap (nats/token) "
         "| gap on AR hits | gap on rare AR hits | MQAR acc. | train tok/s | peak mem (GB) | state at ctx (KB) "
         "| ms/token at ctx |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
@@ -104,7 +104,8 @@ def results_markdown(rows: list[dict], missing: list[str], title: str, header: l
         lines.append(
             f"| {row['model']} | {row['parameters'] / 1e6:.3f}M ({row['non_embedding_parameters'] / 1e6:.3f}M) "
             f"| {row['ppl']:.2f} | {_fmt(row['ppl_ar'], '.2f')} | {_fmt(row['ppl_ar_rare'], '.2f')} "
-            f"| {_fmt(row['ppl_other'], '.2f')} | {row['ar_fraction']:.1%} | {_fmt(row.get('gap'), '+.4f')} "
+            f"| {_fmt(row['ppl_other'], '.2f')} | {row['ar_fraction']:.1%} ({row['ar_rare_fraction']:.1%}) "
+            f"| {_fmt(row.get('gap'), '+.4f')} "
             f"| {_fmt(row.get('ar_gap_share'), '.0%')} | {_fmt(row.get('ar_rare_gap_share'), '.0%')} "
             f"| {_fmt(row.get('mqar_accuracy'), '.3f')} | {row['tokens_per_s']:,.0f} | {row['peak_mem_gb']:.2f} "
             f"| {_fmt(state_kb, ',.1f')} | {_fmt(row.get('ms_per_token'), '.2f')} |")

@@ -230,3 +230,32 @@ def test_tiny_grid_end_to_end_and_resume(tmp_path, monkeypatch):
     assert second["attention"] == first["attention"]
     for key in ("parameters", "loss", "ppl_ar", "train_loss", "mqar_accuracy", "state_bytes"):
         assert second["gla"][key] == first["gla"][key], key
+
+
+@pytest.mark.slow
+def test_two_ranks_share_the_grid(tmp_path):
+    """Two launcher-style processes (RANK/WORLD_SIZE/MASTER_*) take the models from the work queue:
+    each model is trained once, by one rank; rank 0 writes the table of both after both finished."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    procs = []
+    for rank in range(2):
+        env = {**os.environ, "RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_RANK": str(rank),
+               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+        procs.append(subprocess.Popen([sys.executable, str(repo / "recipes" / "compare.py"),
+                                       *tiny_args(tmp_path, tmp_path / "cache", name="ranks")],
+                                      env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    logs = [p.communicate(timeout=900)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], logs
+    assert set(_table(tmp_path / "ranks" / "results.csv")) == {"attention", "gla"}
+    trained = [line.split()[5].rstrip(":") for log in logs for line in log.splitlines()
+               if line.startswith("[compare] rank") and "held-out loss" in line]
+    assert sorted(trained) == ["attention", "gla"], logs  # each model once, by one rank
