@@ -30,7 +30,6 @@ def _with_seqmodels_tasks(task_manager_cls):
                 extra = [include_path]
             super().__init__(verbosity, [TASKS_DIR, *extra], *args, **kwargs)
 
-    SeqModelsTaskManager.__name__ = SeqModelsTaskManager.__qualname__ = task_manager_cls.__name__
     SeqModelsTaskManager._seqmodels_tasks = True
     return SeqModelsTaskManager
 

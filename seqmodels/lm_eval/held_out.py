@@ -26,7 +26,7 @@ def held_out_documents(corpus: Optional[str], max_bytes: Optional[int], validati
         raise ValueError(f"validation_fraction must be in (0, 1) to hold documents out, got {validation_fraction!r}")
     documents = load_corpus(corpus, max_bytes=max_bytes)
     held_out = np.flatnonzero(_validation_mask(len(documents), validation_fraction, split_seed))
-    return documents.select(held_out)["text"]
+    return list(documents.select(held_out)["text"])
 
 
 def dataset(corpus: Optional[str] = DEMO_DATA["corpus"], max_bytes: Optional[int] = DEMO_DATA["max_bytes"],

@@ -6,8 +6,10 @@ prompt plus answer budget fill L (lm-eval keeps max_length - max_gen_toks prompt
 the instruction, filler words, the needle sentence after a fraction `depth` of the filler,
 more filler, then the question ending in "The pass key is". Filler is whole words of the
 paper's sentences; the last few tokens up to the exact length are single-token units (" .").
-Document i of n has depth i / (n - 1) and a key drawn from numpy's generator seeded with L,
-so the documents depend only on L, n and the tokenizer. Scoring: the first run of digits in the
+Document i of n (default 16) has depth i / (n - 1) and a key drawn from numpy's generator
+seeded with L, so the documents depend only on L, n and the tokenizer. All n prompts of a task
+have the same length, so a batch of generations needs no padding while the batch size divides n
+(1, 2, 4, 8, 16): lm-eval batches the requests sorted by length, one task's after another's. Scoring: the first run of digits in the
 generation must equal the key (metric `acc`).
 """
 from __future__ import annotations
@@ -55,7 +57,7 @@ def passkey_prompt(count_tokens: Callable[[str], int], prompt_tokens: int, depth
     return best
 
 
-def passkey_documents(count_tokens: Callable[[str], int], context_length: int, num_documents: int = 20) -> list[dict]:
+def passkey_documents(count_tokens: Callable[[str], int], context_length: int, num_documents: int = 16) -> list[dict]:
     """`num_documents` rows {"text": prompt, "passkey": "12345", "depth": d} for context length L."""
     if num_documents < 2:
         raise ValueError(f"num_documents must be >= 2 (depths 0 and 1), got {num_documents}")
@@ -82,7 +84,7 @@ def token_counter(tokenizer=None, pretrained=None) -> Callable[[str], int]:
     return lambda text: len(tok(text, add_special_tokens=False)["input_ids"])
 
 
-def dataset(context_length: int, num_documents: int = 20, tokenizer=None, pretrained=None,
+def dataset(context_length: int, num_documents: int = 16, tokenizer=None, pretrained=None,
             **_lm_eval_metadata) -> datasets.DatasetDict:
     """lm-eval `custom_dataset` (context_length from the task's dataset_kwargs; lm-eval's
     model_args arrive as keyword arguments and name the tokenizer)."""
