@@ -4,6 +4,7 @@ batch sizes 1 and 8 give the same samples (generation included), and the task da
 their docstrings say (held-out split = pack_corpus's, exact passkey lengths, MQAR answers)."""
 import glob
 import json
+import os
 import random
 import re
 import subprocess
@@ -30,6 +31,7 @@ from seqmodels.train.export import export_hf, load_for_inference  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 TASKS = ["seqmodels_ppl", "seqmodels_passkey_256", "seqmodels_mqar"]
 CONTEXT = 64  # the tiny model's max_seq_len
+DIST_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
 
 def load_evaluate_recipe():
@@ -99,8 +101,10 @@ def cli_samples(model_dir, corpus_dir, tmp_path_factory):
 
     runs = {}
     out8 = tmp_path_factory.mktemp("lm-eval-bs8")
+    # a fresh single process: without the torch.distributed variables earlier tests set in this one
+    env = {k: v for k, v in os.environ.items() if k not in DIST_ENV}
     proc = subprocess.run([sys.executable, "-m", "seqmodels.lm_eval", *cli_args(model_dir, corpus_dir, out8, 8)],
-                          cwd=out8, capture_output=True, text=True, timeout=900)
+                          cwd=out8, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "seqmodels_passkey_256" in proc.stdout  # lm-eval's own results table
     runs[8] = read_samples(out8)
