@@ -10,12 +10,20 @@ Sources (`load_corpus(source)`):
   kind: text (.txt/.md; one file = one document), json lines (.jsonl/.json) or parquet.
 - a single .txt/.md/.jsonl/.json/.parquet file.
 - a directory written by `datasets.Dataset.save_to_disk` (has dataset_info.json/state.json).
-Files are read with `datasets.load_dataset("text" | "json" | "parquet", data_files=...)`.
+Files are read with `datasets.load_dataset("text" | "json" | "parquet", data_files=...)`;
+a text or json file that is not UTF-8 text (e.g. a binary file) is refused by name.
 Empty documents are dropped; a corpus with no non-empty document is an error.
+
+`corpus_fingerprint(source)` identifies a corpus's content for cache keys: the sorted file list
+with sizes and modification times, plus the sha256 of the content when the files total at most
+FINGERPRINT_HASH_BYTES (256 MiB; above that, sizes and mtimes only).
 """
 from __future__ import annotations
 
+import codecs
+import hashlib
 import os
+import sys
 import sysconfig
 from pathlib import Path
 from typing import Optional, Union
@@ -28,6 +36,48 @@ PARQUET_SUFFIXES = (".parquet",)
 SUPPORTED = TEXT_SUFFIXES + JSON_SUFFIXES + PARQUET_SUFFIXES
 _EXCLUDED_STDLIB_DIRS = {"test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__"}
 DEFAULT_MAX_BYTES = 20_000_000
+FINGERPRINT_HASH_BYTES = 256 * 2**20
+_SNIFF_BYTES = 1 << 16
+
+
+def _visible_files(path: Path) -> list[Path]:
+    """Every non-hidden file under directory `path`, sorted."""
+    return sorted(
+        p for p in path.rglob("*")
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts)
+    )
+
+
+def corpus_fingerprint(source: Union[str, os.PathLike, None]) -> dict:
+    """What a corpus (or any file/folder source) holds, for a cache key: see module docstring."""
+    if source is None or str(source) == "stdlib":
+        return {"stdlib": sysconfig.get_paths()["stdlib"], "python": sys.version}
+    path = Path(source)
+    if not path.exists():
+        return {"not_a_path": str(source)}
+    files = [path] if path.is_file() else _visible_files(path)
+    listing = [(f.relative_to(path).as_posix() if f != path else f.name, f.stat().st_size, f.stat().st_mtime_ns)
+               for f in files]
+    fingerprint = {"files": listing}
+    if sum(size for _, size, _ in listing) <= FINGERPRINT_HASH_BYTES:
+        digest = hashlib.sha256()
+        for f in files:
+            digest.update(f.read_bytes())
+        fingerprint["sha256"] = digest.hexdigest()
+    return fingerprint
+
+
+def _check_text_file(path: Path) -> None:
+    """Refuse a file whose first 64 KiB hold a NUL byte or invalid UTF-8 (a binary file)."""
+    with open(path, "rb") as handle:
+        head = handle.read(_SNIFF_BYTES)
+    try:
+        codecs.getincrementaldecoder("utf-8")().decode(head, final=False)
+        binary = b"\0" in head
+    except UnicodeDecodeError:
+        binary = True
+    if binary:
+        raise ValueError(f"corpus file {path} is not UTF-8 text (binary?); remove it from the corpus or convert it")
 
 
 def stdlib_corpus(max_bytes: Optional[int] = DEFAULT_MAX_BYTES) -> datasets.Dataset:
@@ -109,10 +159,7 @@ def load_corpus(
             raise ValueError(f"{path} holds a DatasetDict with splits {list(ds)}; point at one split's folder")
         return _check_nonempty(_to_text_column(ds, text_field, str(path)), str(path))
     if path.is_dir():
-        files = sorted(
-            p for p in path.rglob("*")
-            if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts)
-        )
+        files = _visible_files(path)
         if not files:
             raise ValueError(f"empty corpus: directory {path} has no files")
     else:
@@ -121,6 +168,9 @@ def load_corpus(
     if len(set(kinds.values())) > 1:
         raise ValueError(f"{path} mixes file kinds {sorted(set(kinds.values()))}; use one kind per corpus")
     kind = next(iter(kinds.values()))
+    if kind in ("text", "json"):
+        for f in files:
+            _check_text_file(f)
     data_files = [str(f) for f in files]
     if kind == "text":
         ds = datasets.load_dataset("text", data_files=data_files, sample_by="document", split="train", cache_dir=cache_dir)

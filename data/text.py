@@ -7,8 +7,10 @@ plain text file or a packed split, for evaluation.
   unless `tokenizer` is given) — nothing is built;
 - otherwise the corpus `corpus` (default "stdlib", the embedded default) is tokenized with
   `tokenizer` (an HF tokenizer directory) or a byte-level BPE of `vocab_size` trained on it, and
-  packed into `cache_dir/<key>/`, where key hashes every setting that changes the shards. Rank 0
-  builds into a temporary directory and renames it when complete; the other ranks wait.
+  packed into `cache_dir/<key>/`, where key hashes every setting that changes the shards and the
+  corpus itself (seqmodels.data.corpus.corpus_fingerprint: file list, sizes, mtimes and, up to
+  256 MiB, the content), so an edited corpus is rebuilt. Rank 0 builds into a temporary directory
+  and renames it when complete (a failed build removes it); the other ranks wait.
 """
 from __future__ import annotations
 
@@ -47,23 +49,35 @@ class TextDataSettings:
         return dataclass_from_section(cls, values, "data")
 
     def build_key(self) -> str:
+        from .corpus import corpus_fingerprint
+
         keyed = {k: v for k, v in asdict(self).items() if k not in ("packed", "cache_dir", "shuffle")}
         if self.tokenizer:
             keyed["tokenizer"] = str(Path(self.tokenizer).resolve())
+            keyed["tokenizer_files"] = corpus_fingerprint(self.tokenizer)
+        keyed["corpus_content"] = corpus_fingerprint(self.corpus)
         if self.corpus not in (None, "stdlib"):
             keyed["corpus"] = str(Path(self.corpus).resolve())
         return hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _build(settings: TextDataSettings, out_dir: Path) -> None:
-    from .corpus import corpus_stats, load_corpus
-    from .pack import pack_corpus
-    from .tokenizer import load_tokenizer, train_bpe
-
     tmp = out_dir.with_name(f".tmp-{out_dir.name}")
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
+    try:
+        _build_into(settings, tmp, out_dir)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _build_into(settings: TextDataSettings, tmp: Path, out_dir: Path) -> None:
+    from .corpus import corpus_stats, load_corpus
+    from .pack import pack_corpus
+    from .tokenizer import load_tokenizer, train_bpe
+
     corpus = load_corpus(settings.corpus, text_field=settings.text_field, max_bytes=settings.max_bytes)
     stats = corpus_stats(corpus)
     print(f"[data] corpus {settings.corpus or 'stdlib'}: {stats['documents']} documents, {stats['bytes'] / 1e6:.1f} MB")
@@ -99,11 +113,13 @@ class PackedTextData:
                 try:
                     _build(settings, self.path)
                 except Exception as exc:  # tell the waiting ranks instead of leaving them in the barrier
-                    error = f"{type(exc).__name__}: {exc}"
+                    error = (isinstance(exc, (ValueError, OSError)), f"{type(exc).__name__}: {exc}")
             barrier()
             error = broadcast_object(error)
             if error:
-                raise RuntimeError(f"building the packed data under {self.path} failed on rank 0: {error}")
+                user_error, text = error
+                raise (ValueError if user_error else RuntimeError)(
+                    f"building the packed data under {self.path} failed on rank 0: {text}")
         self.index = read_index(self.path)
         tok_dir = settings.tokenizer if (settings.packed and settings.tokenizer) else self.path / TOKENIZER_DIR
         self.tokenizer = load_tokenizer(tok_dir)

@@ -20,9 +20,11 @@ from seqmodels.data.text import packed_windows, text_windows, window_batches
 from seqmodels.run_config import format_config, parse_run_args, run_cli
 from seqmodels.train.evaluation import evaluate_lm
 from seqmodels.train.export import load_for_inference
+from seqmodels.train.safe_load import TRUST_FLAG
 
 DEFAULTS = {
     "model": None,
+    "trust_checkpoint": False,  # --trust-checkpoint: unpickle DeepSpeed's files (only checkpoints you wrote)
     "packed": None,
     "split": "validation",
     "text": None,
@@ -34,13 +36,13 @@ DEFAULTS = {
 
 
 def main(argv: Optional[Sequence[str]] = None) -> dict:
-    cfg = parse_run_args(argv, DEFAULTS)
+    cfg = parse_run_args(argv, DEFAULTS, flags={TRUST_FLAG: ("trust_checkpoint", True)})
     print(f"[evaluate] resolved config:\n{format_config(cfg)}")
     if not cfg["model"]:
         raise ValueError("--model is required: an HF export directory or a checkpoint directory")
     if (cfg["packed"] is None) == (cfg["text"] is None):
         raise ValueError("give exactly one of --packed <packed dir> or --text <file>")
-    model, tokenizer = load_for_inference(cfg["model"])
+    model, tokenizer = load_for_inference(cfg["model"], trust=cfg["trust_checkpoint"])
     if tokenizer is None:
         raise ValueError(f"{cfg['model']} holds no tokenizer; export it with the pretrain recipe")
     if cfg["packed"] is not None:

@@ -8,6 +8,7 @@ the linear families; the Transformer's KV cache grows).
 
 `--model`: an HF export directory or a DeepSpeed checkpoint (tag directory, or a checkpoints
 directory with `latest`), with its tokenizer. Sampling: temperature (0 = greedy), top_k, top_p.
+`--prompt` is taken verbatim ("3.14", "yes", "print(x)  # show" stay text).
 """
 from __future__ import annotations
 
@@ -18,9 +19,11 @@ import torch
 from seqmodels.generate import generate_text
 from seqmodels.run_config import format_config, parse_run_args, run_cli
 from seqmodels.train.export import load_for_inference
+from seqmodels.train.safe_load import TRUST_FLAG
 
 DEFAULTS = {
     "model": None,
+    "trust_checkpoint": False,  # --trust-checkpoint: unpickle DeepSpeed's files (only checkpoints you wrote)
     "prompt": "def ",
     "max_new_tokens": 128,
     "temperature": 0.8,
@@ -33,7 +36,7 @@ DEFAULTS = {
 
 
 def main(argv: Optional[Sequence[str]] = None) -> dict:
-    cfg = parse_run_args(argv, DEFAULTS)
+    cfg = parse_run_args(argv, DEFAULTS, flags={TRUST_FLAG: ("trust_checkpoint", True)}, literal=("prompt",))
     print(f"[generate] resolved config:\n{format_config(cfg)}")
     if not cfg["model"]:
         raise ValueError("--model is required: an HF export directory or a checkpoint directory")
@@ -42,7 +45,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     dtype = getattr(torch, cfg["dtype"], None)
     if not isinstance(dtype, torch.dtype):
         raise ValueError(f"--dtype {cfg['dtype']!r} is not a torch dtype (float32, bfloat16, float64)")
-    model, tokenizer = load_for_inference(cfg["model"], dtype=dtype)
+    model, tokenizer = load_for_inference(cfg["model"], dtype=dtype, trust=cfg["trust_checkpoint"])
     if tokenizer is None:
         raise ValueError(f"{cfg['model']} holds no tokenizer; export it with the pretrain recipe")
     result = generate_text(model, tokenizer, cfg["prompt"], cfg["max_new_tokens"], cfg["temperature"], cfg["top_k"],

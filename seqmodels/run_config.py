@@ -4,7 +4,12 @@ A recipe declares its defaults as a nested mapping; the YAML file and then the c
 overrides are merged on top. Keys must exist in the defaults (a typo fails with the valid keys
 listed), except under "open" sections (e.g. `model`, validated by ModelConfig, or `ds`, the
 DeepSpeed JSON overrides) where any key is accepted. Override values are parsed as YAML
-(`--train.steps 20`, `--model.layers '[gla, attention]'`, `--train.lr 3e-3`, `--x.y null`).
+(`--train.steps 20`, `--model.layers '[gla, attention]'`, `--train.lr 3e-3`, `--x.y null`),
+except a recipe's `literal` keys (e.g. generate's `--prompt`), taken verbatim as strings.
+
+Types: a value must fit its default's type (int, float, bool) and a dataclass section's field
+annotation; a number written as a string (`lr: 3e-3`, which YAML 1.1 reads as text) is converted,
+anything else (`weight_decay: heavy`, `lr: .inf`) is refused naming the key.
 
     cfg = parse_run_args(argv, defaults, open_sections=("model", "ds"), flags={"--resume": ("train.resume", True)})
     print(format_config(cfg))
@@ -12,7 +17,10 @@ DeepSpeed JSON overrides) where any key is accepted. Override values are parsed 
 from __future__ import annotations
 
 import copy
+import errno
+import math
 import os
+import typing
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
@@ -30,6 +38,54 @@ def parse_value(text: str) -> Any:
             return float(value) if any(c in value.lower() for c in ".e") else int(value)
         except ValueError:
             return value
+    return value
+
+
+def _number(dotted: str, value: Any, integer: bool) -> Any:
+    """`value` as an int (integer) or a finite float; numeric strings converted; else ValueError naming the key."""
+    kind = "an integer" if integer else "a finite number"
+    number = value
+    if isinstance(value, str):
+        try:
+            number = float(value.strip())
+        except ValueError:
+            raise ValueError(f"{dotted} must be {kind}, got {value!r}") from None
+    if isinstance(number, bool) or not isinstance(number, (int, float)) or not math.isfinite(number):
+        raise ValueError(f"{dotted} must be {kind}, got {value!r}")
+    if integer:
+        if number != int(number):
+            raise ValueError(f"{dotted} must be {kind}, got {value!r}")
+        return int(number)
+    return number
+
+
+def check_type(dotted: str, value: Any, kind: Any) -> Any:
+    """`value` checked against `kind` (a type or a typing annotation: int, float, bool, str, list,
+    Optional[...], Any) and converted where unambiguous (numeric strings, integral floats)."""
+    if kind is Any or kind is typing.Any:
+        return value
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if origin is typing.Union:
+        if value is None and type(None) in args:
+            return None
+        options = [a for a in args if a is not type(None)]
+        return check_type(dotted, value, options[0]) if len(options) == 1 else value
+    if value is None:
+        raise ValueError(f"{dotted} must be set (got null)")
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise ValueError(f"{dotted} must be true or false, got {value!r}")
+        return value
+    if kind in (int, float):
+        return _number(dotted, value, integer=kind is int)
+    if kind is str:
+        if isinstance(value, (Mapping, list, tuple)):
+            raise ValueError(f"{dotted} must be a string, got {value!r}")
+        return value if isinstance(value, str) or isinstance(value, bool) else str(value)
+    if kind is list or origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"{dotted} must be a list, got {value!r}")
+        return list(value)
     return value
 
 
@@ -51,6 +107,12 @@ def merge_config(
         dotted = ".".join(path)
         if key not in out and not _is_open(path, open_sections):
             raise ValueError(f"{where}: unknown key {dotted!r}; valid keys here: {sorted(out)}")
+        default = out.get(key)
+        if value is not None and type(default) in (int, float, bool) and not _is_open(path, open_sections):
+            try:
+                value = check_type(dotted, value, type(default))
+            except ValueError as exc:
+                raise ValueError(f"{where}: {exc}") from None
         if isinstance(out.get(key), dict) and isinstance(value, Mapping):
             out[key] = merge_config(out[key], value, open_sections, where, path)
         elif isinstance(out.get(key), dict) and value is not None and not _is_open(path, open_sections):
@@ -76,7 +138,15 @@ def load_yaml(path: str | os.PathLike) -> dict:
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"--config {path}: file does not exist")
-    values = yaml.safe_load(path.read_text()) or {}
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except UnicodeDecodeError:
+        raise ValueError(f"--config {path}: not a UTF-8 text file") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ValueError(f"--config {where}: malformed YAML ({problem}); fix that line") from None
     if not isinstance(values, dict):
         raise ValueError(f"--config {path}: expected a mapping at the top level, got {type(values).__name__}")
     return values
@@ -88,15 +158,18 @@ def parse_run_args(
     *,
     open_sections: Iterable[str] = (),
     flags: Optional[Mapping[str, tuple]] = None,
+    literal: Iterable[str] = (),
 ) -> dict:
     """Resolve defaults <- `--config` YAML <- `--a.b value` overrides (in command-line order).
 
-    `flags` maps bare switches to an override, e.g. {"--resume": ("train.resume", True)}.
+    `flags` maps bare switches to an override, e.g. {"--resume": ("train.resume", True)};
+    `literal` names keys whose command-line values are kept as given (never YAML-parsed).
     The launcher's `--local_rank N` is accepted and ignored (ranks come from the environment)."""
     import sys
 
     argv = list(sys.argv[1:] if argv is None else argv)
     flags = dict(flags or {})
+    literal = set(literal)
     open_sections = tuple(open_sections)
     config_path, overrides = None, []
     i = 0
@@ -121,7 +194,7 @@ def parse_run_args(
         if name == "--config":
             config_path = value
         else:
-            overrides.append((name[2:], parse_value(value)))
+            overrides.append((name[2:], value if name[2:] in literal else parse_value(value)))
     cfg = copy.deepcopy(defaults)
     if config_path is not None:
         cfg = merge_config(cfg, load_yaml(config_path), open_sections, where=str(config_path))
@@ -153,15 +226,40 @@ def dataclass_from_section(cls, values: Mapping, section: str):
     unknown = sorted(set(values) - valid)
     if unknown:
         raise ValueError(f"unknown {section} setting(s) {unknown}; valid: {sorted(valid)}")
-    return cls(**values)
+    hints = typing.get_type_hints(cls)
+    return cls(**{key: check_type(f"{section}.{key}", value, hints[key]) for key, value in values.items()})
+
+
+DEBUG_FLAG = "--debug"
+
+
+def error_line(exc: BaseException) -> Optional[str]:
+    """The one-line message of a user-facing error (None: a bug, worth its traceback): ValueError,
+    errors marked `user_error = True`, and file-system errors (disk full, permissions, missing files)."""
+    if isinstance(exc, OSError) and not isinstance(exc, (ConnectionError, TimeoutError)):
+        where = f" {exc.filename}" if exc.filename else ""
+        if exc.errno == errno.ENOSPC:
+            return f"disk full writing{where}: free space (or write to another disk), then rerun (resume picks up)"
+        if exc.errno is not None:
+            return f"{exc.strerror or exc}:{where or ' (no file name)'}"
+    if isinstance(exc, ValueError) or getattr(exc, "user_error", False):
+        return " ".join(str(exc).split()) or type(exc).__name__
+    return None
 
 
 def run_cli(main, tag: str, errors: tuple = (ValueError,)) -> None:
-    """Run a recipe's main(); a user error (`errors`) prints one line `[tag] error: ...` and exits 1."""
+    """Every recipe's entry point: run main(); a user error (`errors`, or one error_line knows) prints
+    one line `[tag] error: ...` and exits 1; `--debug` (removed from sys.argv) shows the traceback."""
     import sys
 
+    debug = DEBUG_FLAG in sys.argv[1:]
+    if debug:
+        sys.argv = [sys.argv[0]] + [a for a in sys.argv[1:] if a != DEBUG_FLAG]
     try:
         main()
-    except errors as exc:
-        print(f"[{tag}] error: {exc}", file=sys.stderr, flush=True)
+    except Exception as exc:
+        line = error_line(exc) if not isinstance(exc, errors) else error_line(exc) or str(exc)
+        if debug or line is None:
+            raise
+        print(f"[{tag}] error: {line} (--debug shows the traceback)", file=sys.stderr, flush=True)
         sys.exit(1)

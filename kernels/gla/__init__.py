@@ -20,6 +20,7 @@ import torch
 
 from .._validate import check_int, check_log_decay, check_same_device_dtype, check_shape
 from .chunk import gla_chunk
+from .gates import finite_log_decay
 from .naive import gla_naive
 from .recurrent import gla_recurrent, gla_step
 
@@ -106,12 +107,14 @@ def gla(
     """Gated linear attention.
 
     q, k [B, T, H, Dk]; v [B, T, H, Dv]; log_decay_k None | [B, T, H] (one per head, broadcast) |
-    [B, T, H, Dk]; log_decay_v None | [B, T, H, Dv]; gates are natural logs <= 0.
+    [B, T, H, Dk]; log_decay_v None | [B, T, H, Dv]; gates are natural logs <= 0 (-inf, a gate of
+    exactly 0, included: kernels/gla/gates.py).
     scale: default Dk ** -0.5. initial_state [B, H, Dk, Dv]. reverse: scan from the last token
     (o_t depends on tokens s >= t). Returns (o [B, T, H, Dv] in q's dtype, final state
     [B, H, Dk, Dv] in float32/float64, or None unless output_final_state).
     """
     _check_inputs(q, k, v, log_decay_k, log_decay_v, scale, initial_state, chunk_size, backend)
+    log_decay_k, log_decay_v = finite_log_decay(log_decay_k), finite_log_decay(log_decay_v)  # gate 0 is valid
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     if backend == "auto":
         backend = "triton" if q.is_cuda else "torch"

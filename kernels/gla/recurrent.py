@@ -13,6 +13,7 @@ import torch
 
 from .._dtype import compute_dtype
 from .._validate import check_log_decay, check_shape
+from .gates import finite_log_decay
 
 
 def _step(q, k, v, gk, gv, state, scale):
@@ -57,7 +58,8 @@ def gla_step(
     if state is None:
         state = q.new_zeros(q.shape[0], q.shape[1], q.shape[2], v.shape[2], dtype=dtype)
     cast = lambda x: None if x is None else x.to(dtype)  # noqa: E731
-    o, state = _step(cast(q), cast(k), cast(v), cast(log_decay_k), cast(log_decay_v), state.to(dtype), scale)
+    gk, gv = finite_log_decay(cast(log_decay_k)), finite_log_decay(cast(log_decay_v))
+    o, state = _step(cast(q), cast(k), cast(v), gk, gv, state.to(dtype), scale)
     return o.to(q.dtype), state
 
 
@@ -78,7 +80,8 @@ def gla_recurrent(
     scale = Dk ** -0.5 if scale is None else scale
     state = q.new_zeros(B, H, Dk, v.shape[-1], dtype=dtype) if initial_state is None else initial_state.to(dtype)
     cast = lambda x: None if x is None else x.to(dtype)  # noqa: E731
-    qc, kc, vc, gk, gv = map(cast, (q, k, v, log_decay_k, log_decay_v))
+    qc, kc, vc = map(cast, (q, k, v))
+    gk, gv = finite_log_decay(cast(log_decay_k)), finite_log_decay(cast(log_decay_v))
     outputs = [None] * T
     for t in (range(T - 1, -1, -1) if reverse else range(T)):
         outputs[t], state = _step(

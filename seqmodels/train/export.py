@@ -3,7 +3,9 @@ Hugging Face export (`save_pretrained` + tokenizer, written atomically), and loa
 them back as a SeqLM for the generate/evaluate recipes.
 
 A checkpoint tag directory (checkpoint.py) holds `model_config.yaml` and `tokenizer/` next to
-DeepSpeed's files (written by `write_run_extras`), so it is self-contained.
+DeepSpeed's files (written by `write_run_extras`), so it is self-contained. Loading one checks its
+manifest first and never unpickles code (seqmodels.train.safe_load) unless `trust=True`; HF
+directories are written and read as safetensors only.
 """
 from __future__ import annotations
 
@@ -47,7 +49,7 @@ def export_hf(state_dict: dict, model_config: ModelConfig, tokenizer, out_dir: s
     missing, unexpected = model.model.load_state_dict(state_dict, strict=False)
     if missing or unexpected:
         raise ValueError(f"weights do not match the model config: missing {missing}, unexpected {unexpected}")
-    model.save_pretrained(str(tmp))
+    model.save_pretrained(str(tmp), safe_serialization=True)
     if tokenizer is not None:
         tokenizer.save_pretrained(str(tmp))
     atomic_replace_dir(tmp, out)
@@ -63,28 +65,38 @@ def write_run_extras(path: Path, model_config: ModelConfig, tokenizer, run_confi
         (path / "run_config.yaml").write_text(run_config_yaml)
 
 
-def _checkpoint_state_dict(tag_dir: Path) -> dict:
+def _checkpoint_state_dict(tag_dir: Path, trust: bool = False) -> dict:
     """float32 module weights of one DeepSpeed checkpoint tag (any ZeRO stage)."""
+    from seqmodels.train.safe_load import safe_unpickling
+
     if any(tag_dir.glob("zero_pp_rank_*_mp_rank_00_model_states.pt")):  # ZeRO-3: weights are partitioned
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-        state = get_fp32_state_dict_from_zero_checkpoint(str(tag_dir.parent), tag=tag_dir.name)
+        with safe_unpickling(trust):
+            state = get_fp32_state_dict_from_zero_checkpoint(str(tag_dir.parent), tag=tag_dir.name)
         return {k: v.float() for k, v in state.items()}
     model_file = tag_dir / "mp_rank_00_model_states.pt"
     if not model_file.is_file():
         raise ValueError(f"{tag_dir} is not a DeepSpeed checkpoint ({model_file.name} is missing)")
-    module = torch.load(model_file, map_location="cpu", weights_only=False)["module"]
+    with safe_unpickling(trust):
+        module = torch.load(model_file, map_location="cpu")["module"]
     return {k: v.float() for k, v in module.items()}
 
 
 def resolve_checkpoint(path: str | os.PathLike) -> Path:
-    """A tag directory: `path` itself, or the one its `latest` file names."""
-    from seqmodels.train.checkpoint import read_latest
+    """An intact tag directory: `path` itself, or the newest intact one of a checkpoints directory
+    (the one `latest` names unless its manifest check fails: seqmodels.train.checkpoint.intact_tag)."""
+    from seqmodels.train.checkpoint import intact_tag
+    from seqmodels.train.manifest import checkpoint_problem
 
     path = Path(path)
     if (path / MODEL_CONFIG_FILE).is_file():
+        problem = checkpoint_problem(path)
+        if problem is not None:
+            raise ValueError(f"checkpoint {path} is damaged: {problem}; load an intact one (its parent directory "
+                             "picks the newest intact checkpoint)")
         return path
-    tag = read_latest(path)
+    tag = intact_tag(path)
     if tag is None:
         raise ValueError(
             f"{path} is neither an HF directory (config.json), a checkpoint tag ({MODEL_CONFIG_FILE}) "
@@ -93,9 +105,10 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
     return path / tag
 
 
-def load_for_inference(path: str | os.PathLike, device="cpu", dtype=torch.float32):
-    """(SeqLM in eval mode, tokenizer or None) from an HF export directory or a checkpoint
-    (a tag directory or a checkpoints directory with `latest`)."""
+def load_for_inference(path: str | os.PathLike, device="cpu", dtype=torch.float32, trust: bool = False):
+    """(SeqLM in eval mode, tokenizer or None) from an HF export directory (safetensors) or a
+    checkpoint (a tag directory or a checkpoints directory with `latest`); `trust=True` lets
+    DeepSpeed's files load with pickle."""
     from transformers import AutoTokenizer
 
     from seqmodels.model import SeqLM
@@ -108,13 +121,16 @@ def load_for_inference(path: str | os.PathLike, device="cpu", dtype=torch.float3
 
         import seqmodels  # noqa: F401  (registers the Auto classes)
 
-        hf = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype)
+        if not any(path.glob("*.safetensors")):
+            raise ValueError(f"{path} holds no .safetensors weights; only safetensors HF exports are loaded "
+                             "(re-export with the pretrain recipe)")
+        hf = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, use_safetensors=True)
         model = hf.model
         tok_dir = path if (path / "tokenizer_config.json").is_file() else None
     else:
         tag_dir = resolve_checkpoint(path)
         model = SeqLM(ModelConfig.from_yaml(tag_dir / MODEL_CONFIG_FILE))
-        model.load_state_dict(_checkpoint_state_dict(tag_dir))
+        model.load_state_dict(_checkpoint_state_dict(tag_dir, trust))
         tok_dir = tag_dir / TOKENIZER_DIR if (tag_dir / TOKENIZER_DIR).is_dir() else None
     tokenizer = AutoTokenizer.from_pretrained(str(tok_dir)) if tok_dir is not None else None
     return model.to(device=device, dtype=dtype).eval(), tokenizer

@@ -21,6 +21,8 @@ from seqmodels.run_config import format_config, parse_run_args, write_run_config
 from seqmodels.train.deepspeed_config import micro_batch_size, resolve_deepspeed_config
 from seqmodels.train.distributed import barrier, init_distributed
 from seqmodels.train.export import engine_state_dict, export_hf, write_run_extras
+from seqmodels.train.run_lock import run_lock
+from seqmodels.train.safe_load import TRUST_FLAG
 from seqmodels.train.trainer import Trainer, TrainResult, TrainSettings
 
 DEFAULTS = {
@@ -38,7 +40,8 @@ DEFAULTS = {
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> dict:
     """The run config: DEFAULTS <- --config YAML files <- --section.key value flags (and --resume)."""
-    return parse_run_args(argv, DEFAULTS, open_sections=("model", "ds"), flags={"--resume": ("train.resume", True)})
+    return parse_run_args(argv, DEFAULTS, open_sections=("model", "ds"),
+                          flags={"--resume": ("train.resume", True), TRUST_FLAG: ("train.trust_checkpoint", True)})
 
 
 def resolve_model_config(model: dict, vocab_size: int, seq_len: int) -> ModelConfig:
@@ -65,7 +68,8 @@ class PretrainRun:
 
 
 def pretrain(cfg: dict, callbacks: Iterable[Callable] = ()) -> PretrainRun:
-    """Train (or resume) the run `cfg` describes, then export it; every rank calls."""
+    """Train (or resume) the run `cfg` describes, then export it; every rank calls. The run
+    directory is locked for the whole run (seqmodels.train.run_lock)."""
     info = init_distributed(cfg["dist_backend"])
     resolved = format_config(cfg)
     if info.is_main:
@@ -73,7 +77,11 @@ def pretrain(cfg: dict, callbacks: Iterable[Callable] = ()) -> PretrainRun:
     settings = TrainSettings.from_dict(cfg["train"])
     ds_config = resolve_deepspeed_config(cfg["deepspeed_config"], cfg["ds"])
     run_dir = Path(cfg["output_dir"]) / cfg["name"]
+    with run_lock(run_dir, info.is_main):
+        return _pretrain(cfg, callbacks, info, resolved, settings, ds_config, run_dir)
 
+
+def _pretrain(cfg, callbacks, info, resolved, settings, ds_config, run_dir) -> PretrainRun:
     data = PackedTextData(TextDataSettings.from_dict(cfg["data"]), info)
     model_cfg = resolve_model_config(cfg["model"], len(data.tokenizer), data.seq_len)
     torch.manual_seed(settings.seed)  # same initial weights on every rank

@@ -34,6 +34,7 @@ from seqmodels.run_config import dataclass_from_section
 from seqmodels.train.checkpoint import CheckpointManager, rng_state, set_rng_state
 from seqmodels.train.distributed import DistInfo, all_reduce_max, all_reduce_mean, barrier
 from seqmodels.train.monitor import Monitor
+from seqmodels.train.run_lock import run_lock
 from seqmodels.train.schedule import warmup_cosine_scheduler
 from seqmodels.train.step_tally import StepReading, StepTally, nonfinite_ranks
 
@@ -58,6 +59,7 @@ class TrainSettings:
     resume: Any = "auto"  # "auto": resume when a checkpoint exists; True: must exist; False: must not
     nan_skip_batches: int = 0  # micro-batches with a non-finite loss that may be skipped before stopping
     progress: bool = True
+    trust_checkpoint: bool = False  # resume by unpickling DeepSpeed's files (only for checkpoints you wrote)
 
     def __post_init__(self) -> None:
         for name in ("steps", "log_every", "eval_batches", "keep_last"):
@@ -81,7 +83,9 @@ class TrainSettings:
 
 
 class NonFiniteLossError(RuntimeError):
-    """Training stopped on a NaN/inf loss or gradient norm."""
+    """Training stopped on a NaN/inf loss, gradient norm or tensor."""
+
+    user_error = True  # recipes print the message, not a traceback (run_cli)
 
 
 @dataclass
@@ -190,8 +194,10 @@ class Trainer:
         self.client_state = dict(client_state or {})
         self.callbacks = list(callbacks)
         self.engine = build_engine(model, ds_config, settings)
-        self.ckpt = CheckpointManager(self.run_dir / "checkpoints", dist_info.rank, settings.keep_last)
+        self.ckpt = CheckpointManager(self.run_dir / "checkpoints", dist_info.rank, settings.keep_last,
+                                      dist_info.world_size, settings.trust_checkpoint)
         self.skipped_batches = 0
+        self.step_lr = settings.lr  # the lr of the last completed step (named when its update diverged)
         self.last_good_checkpoint: Optional[Path] = None
         self.stop_requested = False  # a callback sets it (early stop): fit ends after the current step
         self.monitor: Optional[Monitor] = None  # the running fit's monitor (callbacks log extra scalars)
@@ -216,7 +222,7 @@ class Trainer:
 
     def maybe_resume(self) -> Optional[str]:
         self.ckpt.clean_incomplete()
-        tag = self.ckpt.latest()
+        tag = self.ckpt.resume_tag()
         mode = self.settings.resume
         if tag is None:
             if mode is True:
@@ -264,16 +270,40 @@ class Trainer:
             if not produced:
                 raise ValueError("the train loader produced no batch in a whole epoch")
 
-    def _nonfinite(self, what: str, step: int, micro: int) -> NonFiniteLossError:
+    def _nonfinite(self, what: str, step: int, micro: int, lr: float, skippable: bool = True) -> NonFiniteLossError:
+        """The one-line stop message: what went non-finite, the step and micro-batch, the lr and the
+        checkpoint to resume from."""
         where = self.last_good_checkpoint or "none (no checkpoint saved yet)"
+        advice = (f"or set train.nan_skip_batches: k to skip up to k batches with a non-finite loss "
+                  f"({self.skipped_batches} skipped so far)") if skippable else \
+            "(skipping batches cannot help once the weights are non-finite)"
         return NonFiniteLossError(
-            f"{what} at step {step} (micro-batch {micro + 1} of "
-            f"{self.engine.gradient_accumulation_steps()}); stopped. Last good checkpoint: {where}. "
-            f"Resume from it with a lower train.lr, or set train.nan_skip_batches: k to skip up to k bad batches "
-            f"({self.skipped_batches} skipped so far)"
+            f"{what} at step {step} (micro-batch {micro + 1} of {self.engine.gradient_accumulation_steps()}) "
+            f"with lr {lr:.3g}; stopped. Last good checkpoint: {where}. Resume from it with a lower train.lr, {advice}"
         )
 
+    def _nonfinite_weights(self) -> Optional[str]:
+        """None when every weight is finite on every rank, else the first non-finite parameter's name
+        (for the stop message; read only after something went non-finite)."""
+        if params_finite(self.engine):
+            return None
+        for name, param in self.engine.module.named_parameters():
+            local = getattr(param, "ds_tensor", param)
+            if local.numel() and not bool(torch.isfinite(local).all()):
+                return name
+        return "a parameter on another rank"
+
+    def _diverged(self, name: str, detail: str) -> NonFiniteLossError:
+        """The update of the last completed step made weight `name` non-finite."""
+        return self._nonfinite(f"non-finite weights after the update of step {self.step} ({name}; {detail})",
+                               self.step, self.engine.gradient_accumulation_steps() - 1, self.step_lr, skippable=False)
+
     def fit(self) -> TrainResult:
+        """Train to train.steps (resuming when allowed), holding the run directory's lock."""
+        with run_lock(self.run_dir, self.dist.is_main):
+            return self._fit()
+
+    def _fit(self) -> TrainResult:
         start_time = time.time()
         s = self.settings
         resumed = self.maybe_resume()
@@ -289,13 +319,14 @@ class Trainer:
         try:
             while self.step < s.steps and not self.stop_requested:
                 step_start, lr = time.time(), float(engine.get_lr()[0])  # the lr this step uses
-                reading = self._accumulate(batches, accum, monitor)
+                reading = self._accumulate(batches, accum, monitor, lr)
+                self.step_lr = lr
                 grad_norm = reading.grad_norm
                 ds_norm = engine.get_global_grad_norm()
                 if ds_norm is not None:  # DeepSpeed's own norm (ZeRO >= 1, bf16), known after its step
                     grad_norm = float(ds_norm)
                     if not math.isfinite(grad_norm):
-                        raise self._nonfinite(f"non-finite gradient norm ({grad_norm})", self.step, accum - 1)
+                        raise self._nonfinite(f"non-finite gradient norm ({grad_norm})", self.step, accum - 1, lr)
                 step = self.step
                 last_loss = reading.loss
                 elapsed = max(time.time() - step_start, 1e-9)
@@ -325,14 +356,26 @@ class Trainer:
         barrier()
         return TrainResult(self.step, last_loss, eval_loss, saved_at, resumed, time.time() - start_time)
 
-    def _accumulate(self, batches: Iterator[dict], accum: int, monitor: Monitor) -> StepReading:
+    def _accumulate(self, batches: Iterator[dict], accum: int, monitor: Monitor, lr: float) -> StepReading:
         """Forward and backward over the step's micro-batches, then the step's one read (before the
-        update, so a NaN/inf stops training with the weights untouched), then the update."""
+        update, so a NaN/inf stops training with the weights untouched), then the update.
+
+        Non-finite values: a non-finite loss is skipped while train.nan_skip_batches allows (checked
+        before its backward); past that, training stops. Stopping checks the weights (one extra read,
+        on that path only): non-finite weights (the previous update diverged, seen as a non-finite
+        loss or as a model's own input check failing in the forward) are reported as such, naming
+        the step whose update caused them; skipping cannot help there."""
         s, engine = self.settings, self.engine
         tally = StepTally(engine.device, self.dist)
         while True:
             batch = _to_device(next(batches), engine.device)
-            loss = self.loss_fn(engine, batch)
+            try:
+                loss = self.loss_fn(engine, batch)
+            except ValueError as exc:  # e.g. a kernel refusing NaN gates: a diverged model, or a real bug
+                bad = self._nonfinite_weights()
+                if bad is None:
+                    raise
+                raise self._diverged(bad, f"the forward of step {self.step + 1} failed: {exc}") from exc
             if self.skipped_batches < s.nan_skip_batches and nonfinite_ranks(loss, self.dist):
                 self.skipped_batches += 1
                 monitor.message(f"step {self.step + 1}: skipped a batch with a non-finite loss "
@@ -343,11 +386,14 @@ class Trainer:
             if engine.is_gradient_accumulation_boundary():
                 reading = tally.read(self._local_grad_norm())
                 if reading.nonfinite:
+                    bad = self._nonfinite_weights()
+                    if bad is not None:
+                        raise self._diverged(bad, f"the loss of step {self.step + 1} is non-finite")
                     micro, ranks = reading.nonfinite[0]
-                    raise self._nonfinite(f"non-finite loss on {_ranks_text(ranks)}", self.step + 1, micro)
+                    raise self._nonfinite(f"non-finite loss on {_ranks_text(ranks)}", self.step + 1, micro, lr)
                 norm = reading.grad_norm
                 if norm is not None and not math.isfinite(norm):
-                    raise self._nonfinite(f"non-finite gradient norm ({norm})", self.step + 1, accum - 1)
+                    raise self._nonfinite(f"non-finite gradient norm ({norm})", self.step + 1, accum - 1, lr)
                 engine.step()
                 return reading
             engine.step()
