@@ -116,7 +116,8 @@ class SeqModelsPreTrainedModel(PreTrainedModel):
     def _build(self, config: SeqModelsConfig) -> SeqLM:
         model = SeqLM(config.to_model_config())
         for param in model.parameters():  # SeqLM initialized them: post_init must not draw them again
-            param._is_hf_initialized = True
+            if param.device.type != "meta":  # (from_pretrained builds on meta: HF then loads or initializes)
+                param._is_hf_initialized = True
         return model
 
     @classmethod
@@ -186,9 +187,10 @@ class SeqModelsPreTrainedModel(PreTrainedModel):
     def set_input_embeddings(self, value):
         self.model.embed = value
 
-    def resize_token_embeddings(self, new_num_tokens=None, pad_to_multiple_of=None, mean_resizing=True):
-        """HF's resize (new rows: `mean_resizing` draws them from the old rows' mean and covariance, else
-        `_init_weights`), then the model's own config follows the new vocabulary."""
+    def resize_token_embeddings(self, new_num_tokens=None, pad_to_multiple_of=None, mean_resizing=False):
+        """HF's resize, then the model's own config follows the new vocabulary. New rows are initialized as
+        SeqLM initializes its embeddings (`_init_weights`: normal(0, init_std)); `mean_resizing=True` (HF's
+        default) draws them near the old rows' mean instead."""
         embed = super().resize_token_embeddings(new_num_tokens, pad_to_multiple_of, mean_resizing)
         vocab = embed.weight.shape[0]
         self.config.vocab_size = vocab  # also model_config['vocab_size']
