@@ -253,6 +253,12 @@ class SeqModelsForCausalLM(SeqModelsPreTrainedModel, GenerationMixin):
                 past_key_values=None, cache_params=None, use_cache=None, output_hidden_states=None,
                 return_dict=None, num_items_in_batch=None, **kwargs) -> CausalLMOutputWithPast:
         state = _state_argument(cache, past_key_values, cache_params)
+        if (state is not None and use_cache and input_ids is not None and input_ids.shape[1] == 1 and labels is None
+                and not (output_hidden_states or kwargs or self.config.output_hidden_states)
+                and (attention_mask is None or bool(attention_mask[:, -1].all()))):
+            logits, new_state = self.model.step(input_ids[:, 0], state)  # a decoding step: the recurrent form
+            out = CausalLMOutputWithPast(logits=logits[:, None], **{CACHE_FIELD: new_state})
+            return out if return_dict is not False else out.to_tuple()
         h, new_state, per_layer = self._trunk(input_ids, attention_mask, inputs_embeds, state, use_cache,
                                               output_hidden_states, **kwargs)
         logits = self.model.lm_head(h)

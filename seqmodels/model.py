@@ -263,6 +263,16 @@ class SeqLM(nn.Module):
         return torch.cat([input_ids, torch.stack(generated, dim=1)], dim=1)
 
 
+def enable_activation_checkpointing(model: nn.Module) -> None:
+    """train.activation_checkpointing: every SeqLM inside `model` that trains recomputes its blocks."""
+    trained = [m for m in model.modules() if isinstance(m, SeqLM) and any(p.requires_grad for p in m.parameters())]
+    if not trained:
+        raise ValueError(f"train.activation_checkpointing is true but {type(model).__name__} holds no trained SeqLM; "
+                         "set it to false for this model")
+    for seqlm in trained:
+        seqlm.set_activation_checkpointing(True)
+
+
 def upcast(x: torch.Tensor) -> torch.Tensor:
     """bf16/fp16 -> float32 for losses and sampling; float32/float64 stay as they are."""
     return x if x.dtype in (torch.float32, torch.float64) else x.float()

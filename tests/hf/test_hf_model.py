@@ -204,3 +204,28 @@ def test_activation_checkpointing_lowers_peak_memory():
     peaks = {setting: _peak_rss_mib(model, ids, setting) for setting in (False, True)}
     print(f"peak MiB above the start, checkpointing off/on: {peaks[False]:.0f} / {peaks[True]:.0f}")
     assert peaks[True] < 0.6 * peaks[False]
+
+
+def test_export_carries_the_tokenizer_ids_and_context(tmp_path):
+    from transformers import AutoTokenizer
+
+    from seqmodels.data.tokenizer import train_bpe
+    from seqmodels.train.export import export_hf, load_for_inference
+
+    tokenizer = train_bpe(["def main():\n    return 1\n"] * 20, vocab_size=270)
+    cfg = ModelConfig.from_preset("gla-tiny", vocab_size=len(tokenizer), max_seq_len=96)
+    torch.manual_seed(0)
+    weights = SeqLM(cfg).state_dict()
+    export_hf(weights, cfg, tokenizer, tmp_path / "hf")
+    assert tokenizer.model_max_length > 10**20  # the caller's tokenizer is left as it was
+    config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    ids = (tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id)
+    assert (config["bos_token_id"], config["eos_token_id"], config["pad_token_id"]) == ids == (0, 1, 2)
+    assert config["max_position_embeddings"] == 96 and config["hidden_size"] == cfg.d_model
+    generation = json.loads((tmp_path / "hf" / "generation_config.json").read_text())
+    assert generation["eos_token_id"] == 1
+    assert AutoTokenizer.from_pretrained(tmp_path / "hf").model_max_length == 96
+    model, loaded_tokenizer = load_for_inference(tmp_path / "hf")
+    assert loaded_tokenizer.model_max_length == 96
+    for name, value in weights.items():
+        assert torch.equal(model.state_dict()[name], value), name
