@@ -17,6 +17,13 @@ family's larger contexts are skipped (and the table says so) when its prefill wo
 `--prefill_budget_s`, extrapolated from its last two prefills.
 Checks the linear families' promise: latency at the largest context <= 1.1x latency at the
 smallest, and state bytes constant.
+
+    python scripts/bench_decode.py --hf --families gla transformer    # HF generate vs SeqLM.generate
+
+`--hf`: greedy generation of `--hf_new_tokens` tokens after a `--hf_prompt`-token prompt, batch 1,
+through Hugging Face `generate` (SeqModelsForCausalLM) and `SeqLM.generate` on the same weights;
+tokens/s of each (best of `--hf_repeats` runs after a warm-up, prefill included in both) and the
+ratio SeqLM / HF (the wrapper's overhead; target <= 1.3x).
 """
 from __future__ import annotations
 
@@ -71,6 +78,51 @@ def measure_family(name, cfg, args, device) -> list[dict]:
     return rows
 
 
+@torch.no_grad()
+def hf_vs_seqlm(name, cfg, args, device) -> dict:
+    """tokens/s of HF generate and SeqLM.generate on the same model and prompt (greedy, same lengths)."""
+    from seqmodels import SeqModelsConfig, SeqModelsForCausalLM
+
+    torch.manual_seed(0)
+    hf = SeqModelsForCausalLM(SeqModelsConfig(cfg)).to(device=device, dtype=getattr(torch, args.dtype)).eval()
+    ids = torch.randint(0, cfg.vocab_size, (1, args.hf_prompt), generator=torch.Generator().manual_seed(0)).to(device)
+    runs = {
+        "hf": lambda: hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=args.hf_new_tokens,
+                                  min_new_tokens=args.hf_new_tokens, do_sample=False, pad_token_id=0),
+        "seqlm": lambda: hf.model.generate(ids, args.hf_new_tokens, temperature=0),
+    }
+    best, outputs = {}, {}
+    for round_ in range(args.hf_repeats + 1):  # round 0 warms up
+        for key, run in runs.items():
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            outputs[key] = run()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            if round_ > 0:
+                best[key] = min(best.get(key, math.inf), time.perf_counter() - start)
+    if not torch.equal(outputs["hf"], outputs["seqlm"]):
+        raise RuntimeError(f"{name}: HF generate and SeqLM.generate disagree on the greedy tokens")
+    row = {"family": name, **{f"{k}_tokens_per_s": args.hf_new_tokens / v for k, v in best.items()}}
+    row["ratio"] = row["seqlm_tokens_per_s"] / row["hf_tokens_per_s"]
+    print(f"{name}: HF {row['hf_tokens_per_s']:.0f} tokens/s, SeqLM {row['seqlm_tokens_per_s']:.0f} tokens/s, "
+          f"ratio {row['ratio']:.2f}x", file=sys.stderr, flush=True)
+    return row
+
+
+def print_hf_rows(rows, args, device_name) -> None:
+    print(f"device: {device_name}; torch {torch.__version__}; d_model {args.d_model}, {args.n_layers} layers, "
+          f"vocab {args.vocab}, {args.dtype}, batch 1, greedy; prompt {args.hf_prompt} tokens, "
+          f"{args.hf_new_tokens} new tokens, best of {args.hf_repeats} runs\n")
+    print("| family | HF generate (tokens/s) | SeqLM.generate (tokens/s) | SeqLM / HF |")
+    print("|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['family']} | {r['hf_tokens_per_s']:,.0f} | {r['seqlm_tokens_per_s']:,.0f} | {r['ratio']:.2f}x |")
+    worst = max(r["ratio"] for r in rows)
+    print(f"\n- largest SeqLM / HF ratio {worst:.2f}x -> {'PASS' if worst <= 1.3 else 'FAIL'} (<= 1.3x)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--d_model", type=int, default=128)
@@ -88,12 +140,22 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--families", nargs="*", help="subset of registered mixers (default: all)")
+    parser.add_argument("--hf", action="store_true", help="HF generate vs SeqLM.generate tokens/s (see above)")
+    parser.add_argument("--hf_prompt", type=int, default=32)
+    parser.add_argument("--hf_new_tokens", type=int, default=128)
+    parser.add_argument("--hf_repeats", type=int, default=3)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
     from seqmodels.benchmark_families import family_configs, select
 
+    if args.hf:
+        chosen, notes = select(family_configs(args.d_model, args.n_layers, args.vocab,
+                                              args.hf_prompt + args.hf_new_tokens + 8), args.families)
+        device_name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU ({platform.machine()}, {args.threads} thread(s))"
+        print_hf_rows([hf_vs_seqlm(name, cfg, args, device) for name, cfg in chosen], args, device_name)
+        return
     chosen, notes = select(family_configs(args.d_model, args.n_layers, args.vocab,
                                           max(args.contexts) + args.tokens + 8), args.families)
     results = {name: measure_family(name, cfg, args, device) for name, cfg in chosen}

@@ -2,6 +2,7 @@
 
     forward(input_ids, labels=None, state=None, return_state=False, attention_mask=None)
                                                                        parallel/chunked form
+        (or inputs_embeds [B, T, d] instead of input_ids; output_hidden_states: embeddings + each block)
     init_state(batch_size)                                             empty decoding state
     step(token_ids, state)                                             one token per sequence
     generate(input_ids, max_new_tokens, ...)                           chunked prefill, then step
@@ -14,16 +15,20 @@ sequence's, and decoding continues a left-padded prefill exactly (docs/architect
 With `head: classify` the mask selects the pooled tokens only and the mixers see every token
 (LRA's convention: pads are part of the input). With `head: classify` the model pools the final hidden states (mean over non-pad tokens, or
 the last one) into `num_classes` logits and `labels` are class ids [B].
+`set_activation_checkpointing(True)` recomputes each block's activations in the backward pass
+instead of keeping them (training only): same loss and gradients, less memory.
 """
 from __future__ import annotations
 
 import math
+from functools import partial
 from dataclasses import dataclass
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from seqmodels.block import Block
 from seqmodels.config import ModelConfig
@@ -37,6 +42,32 @@ class SeqLMOutput:
     logits: torch.Tensor
     loss: Optional[torch.Tensor] = None
     state: Optional[ModelState] = None
+    hidden_states: Optional[tuple] = None  # embeddings, then each block's output; the last after the final norm
+
+
+RESIDUAL_OUTPUT_WEIGHTS = ("o_proj.weight", "out_proj.weight", "down_proj.weight")
+
+
+def init_like_seqlm(module: nn.Module, cfg: ModelConfig) -> None:
+    """SeqLM's init of `module` and everything in it (a whole SeqLM, one Block, an embedding): GPT-2
+    style normal(0, init_std) for linear and embedding weights, zero biases, residual output projections
+    normal(0, init_std / sqrt(2 n_layers)), then each block mixer's own paper-specific `init_weights`."""
+    std = cfg.init_std
+    for sub in module.modules():
+        if isinstance(sub, nn.Linear):
+            nn.init.normal_(sub.weight, 0.0, std)
+            if sub.bias is not None:
+                nn.init.zeros_(sub.bias)
+        elif isinstance(sub, nn.Embedding):
+            nn.init.normal_(sub.weight, 0.0, std)
+    residual_std = std / math.sqrt(2 * cfg.n_layers)
+    for name, param in module.named_parameters():
+        if name.endswith(RESIDUAL_OUTPUT_WEIGHTS):
+            nn.init.normal_(param, 0.0, residual_std)
+    for sub in module.modules():
+        hook = getattr(sub.mixer, "init_weights", None) if isinstance(sub, Block) else None
+        if hook is not None:
+            hook()
 
 
 class SeqLM(nn.Module):
@@ -55,6 +86,7 @@ class SeqLM(nn.Module):
         else:
             self.classifier = nn.Linear(cfg.d_model, cfg.num_classes)
         self.causal = all(b.mixer.causal for b in self.blocks)
+        self.set_activation_checkpointing(False)
         if cfg.head == "lm" and not self.causal:
             bidirectional = sorted({b.mixer.mixer_name for b in self.blocks if not b.mixer.causal})
             raise ValueError(
@@ -64,24 +96,18 @@ class SeqLM(nn.Module):
 
     # ------------------------------------------------------------------ init
     def reset_parameters(self) -> None:
-        """GPT-2 style init (normal(0, init_std), residual outputs scaled by 1/sqrt(2 n_layers)),
-        then each mixer's own paper-specific init (`Mixer.init_weights`)."""
-        std = self.cfg.init_std
-        for module in self.modules():
-            if isinstance(module, nn.Linear):
-                nn.init.normal_(module.weight, 0.0, std)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.Embedding):
-                nn.init.normal_(module.weight, 0.0, std)
-        residual_std = std / math.sqrt(2 * self.cfg.n_layers)
-        for name, param in self.named_parameters():
-            if name.endswith(("o_proj.weight", "out_proj.weight", "down_proj.weight")):
-                nn.init.normal_(param, 0.0, residual_std)
-        for block in self.blocks:
-            hook = getattr(block.mixer, "init_weights", None)
-            if hook is not None:
-                hook()
+        """GPT-2 style init, then each mixer's paper-specific init (`init_like_seqlm`)."""
+        init_like_seqlm(self, self.cfg)
+
+    def set_activation_checkpointing(self, enabled: bool, every_n_layers: int = 1, checkpoint_fn=None) -> None:
+        """Recompute blocks 0, n, 2n, ... in the backward pass instead of keeping their activations (only
+        while training with autograd on). `checkpoint_fn(block, *args)` defaults to torch's non-reentrant
+        checkpoint (Hugging Face's `gradient_checkpointing_enable` passes its own)."""
+        if not isinstance(every_n_layers, int) or every_n_layers < 1:
+            raise ValueError(f"every_n_layers must be a positive integer, got {every_n_layers!r}")
+        self.activation_checkpointing = bool(enabled)
+        self._checkpoint_every = every_n_layers
+        self._checkpoint_fn = checkpoint_fn or partial(checkpoint, use_reentrant=False)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
@@ -116,49 +142,76 @@ class SeqLM(nn.Module):
         return ModelState([b.mixer.init_state(batch_size, device, dtype) for b in self.blocks], 0)
 
     def hidden_states(self, input_ids, state: ModelState | None = None, return_state: bool = False,
-                      attention_mask: torch.Tensor | None = None):
-        """Final-norm hidden states [B, T, d]; `attention_mask` as in forward (honoured by every mixer)."""
-        self._check_ids(input_ids, "input_ids", 2)
+                      attention_mask: torch.Tensor | None = None, inputs_embeds: torch.Tensor | None = None,
+                      output_hidden_states: bool = False):
+        """(final-norm hidden states [B, T, d], new state or None, per-layer hidden states or None).
+        `inputs_embeds` [B, T, d_model] replaces `embed(input_ids)` (pass input_ids=None); `attention_mask` as
+        in forward (honoured by every mixer)."""
+        x = self._embed_inputs(input_ids, inputs_embeds)
         if state is not None and len(state.layers) != len(self.blocks):
             raise ValueError(f"state has {len(state.layers)} layers, the model has {len(self.blocks)}")
-        pad_mask = check_model_pad_mask(attention_mask, input_ids, 0 if state is None else state.seen_tokens, return_state)
-        x = self.embed(input_ids)
+        token_grid = x[..., 0]  # [B, T]: the shape the mask must have
+        pad_mask = check_model_pad_mask(attention_mask, token_grid, 0 if state is None else state.seen_tokens, return_state)
+        recompute = self.activation_checkpointing and self.training and torch.is_grad_enabled()
+        per_layer = [x] if output_hidden_states else None
         new_layers = []
         for i, block in enumerate(self.blocks):
-            x, layer_state = block(x, state=None if state is None else state.layers[i], return_state=return_state,
-                                   pad_mask=pad_mask)
+            layer_state = None if state is None else state.layers[i]
+            if recompute and i % self._checkpoint_every == 0:
+                x, layer_state = self._checkpoint_fn(block, x, layer_state, return_state, pad_mask)
+            else:
+                x, layer_state = block(x, state=layer_state, return_state=return_state, pad_mask=pad_mask)
             new_layers.append(layer_state)
-        seen = (state.seen_tokens if state is not None else 0) + input_ids.shape[1]
-        return self.norm(x), (ModelState(new_layers, seen) if return_state else None)
+            if per_layer is not None:
+                per_layer.append(x)
+        seen = (state.seen_tokens if state is not None else 0) + x.shape[1]
+        h = self.norm(x)
+        if per_layer is not None:
+            per_layer[-1] = h  # Llama's convention: the last entry is the final-norm output
+        return h, (ModelState(new_layers, seen) if return_state else None), (tuple(per_layer) if per_layer else None)
+
+    def _embed_inputs(self, input_ids, inputs_embeds) -> torch.Tensor:
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids [B, T] or inputs_embeds [B, T, d_model]")
+        if inputs_embeds is None:
+            self._check_ids(input_ids, "input_ids", 2)
+            return self.embed(input_ids)
+        if not isinstance(inputs_embeds, torch.Tensor) or inputs_embeds.dim() != 3 or inputs_embeds.shape[-1] != self.cfg.d_model:
+            shape = tuple(inputs_embeds.shape) if isinstance(inputs_embeds, torch.Tensor) else type(inputs_embeds).__name__
+            raise ValueError(f"inputs_embeds has shape {shape}; expected [batch, time, d_model={self.cfg.d_model}]")
+        return inputs_embeds
 
     def forward(
         self,
-        input_ids: torch.Tensor,
+        input_ids: torch.Tensor | None,
         labels: torch.Tensor | None = None,
         state: ModelState | None = None,
         return_state: bool = False,
         attention_mask: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        output_hidden_states: bool = False,
     ) -> SeqLMOutput:
-        if self.cfg.head == "classify":  # the mask picks the pooled tokens (module docstring)
-            h, new_state = self.hidden_states(input_ids, state, return_state)
+        lm_mask = attention_mask if self.cfg.head == "lm" else None  # classify: the mask picks the pooled tokens
+        h, new_state, per_layer = self.hidden_states(input_ids, state, return_state, lm_mask, inputs_embeds,
+                                                     output_hidden_states)
+        if self.cfg.head == "classify":
             logits = self.classifier(self._pool(h, attention_mask))
             loss = None
             if labels is not None:
                 if labels.shape != logits.shape[:1]:
                     raise ValueError(f"labels has shape {tuple(labels.shape)}; expected class ids [batch]={logits.shape[0]}")
                 loss = F.cross_entropy(upcast(logits), labels)
-            return SeqLMOutput(logits, loss, new_state)
-        h, new_state = self.hidden_states(input_ids, state, return_state, attention_mask)
+            return SeqLMOutput(logits, loss, new_state, per_layer)
         logits = self.lm_head(h)
         loss = None
         if labels is not None:
-            if labels.shape != input_ids.shape:
+            if labels.shape != h.shape[:2]:
                 raise ValueError(
-                    f"labels has shape {tuple(labels.shape)}; expected {tuple(input_ids.shape)} "
+                    f"labels has shape {tuple(labels.shape)}; expected {tuple(h.shape[:2])} "
                     "(aligned with input_ids; -100 where there is no target)"
                 )
             loss = F.cross_entropy(upcast(logits).flatten(0, 1), labels.flatten(), ignore_index=-100)
-        return SeqLMOutput(logits, loss, new_state)
+        return SeqLMOutput(logits, loss, new_state, per_layer)
 
     def _pool(self, h: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
         if attention_mask is None:
@@ -222,6 +275,16 @@ class SeqLM(nn.Module):
         if not generated:
             return input_ids
         return torch.cat([input_ids, torch.stack(generated, dim=1)], dim=1)
+
+
+def enable_activation_checkpointing(model: nn.Module) -> None:
+    """train.activation_checkpointing: every SeqLM inside `model` that trains recomputes its blocks."""
+    trained = [m for m in model.modules() if isinstance(m, SeqLM) and any(p.requires_grad for p in m.parameters())]
+    if not trained:
+        raise ValueError(f"train.activation_checkpointing is true but {type(model).__name__} holds no trained SeqLM; "
+                         "set it to false for this model")
+    for seqlm in trained:
+        seqlm.set_activation_checkpointing(True)
 
 
 def upcast(x: torch.Tensor) -> torch.Tensor:

@@ -37,21 +37,32 @@ def engine_state_dict(engine, is_main: bool) -> Optional[dict]:
 
 
 def export_hf(state_dict: dict, model_config: ModelConfig, tokenizer, out_dir: str | os.PathLike) -> Path:
-    """Write an HF directory (config.json, model.safetensors, tokenizer files) loadable with
-    `AutoModelForCausalLM.from_pretrained(out_dir)` after `import seqmodels`."""
+    """Write an HF directory (config.json, generation_config.json, model.safetensors, tokenizer files)
+    loadable with `AutoModelForCausalLM.from_pretrained(out_dir)` after `import seqmodels`.
+
+    The config (and generation_config, so `generate` stops at EOS) carries the tokenizer's
+    bos/eos/pad ids; the saved tokenizer's `model_max_length` is the model's context,
+    ModelConfig.max_seq_len (also the config's `max_position_embeddings`)."""
     from seqmodels.hf import SeqModelsConfig, SeqModelsForCausalLM
 
     out = Path(out_dir)
     tmp = out.with_name(f".tmp-{out.name}")
     if tmp.exists():
         shutil.rmtree(tmp)
-    model = SeqModelsForCausalLM(SeqModelsConfig(model_config))
+    special = {} if tokenizer is None else {f"{kind}_token_id": getattr(tokenizer, f"{kind}_token_id")
+                                            for kind in ("bos", "eos", "pad")}
+    model = SeqModelsForCausalLM(SeqModelsConfig(model_config, **special))
     missing, unexpected = model.model.load_state_dict(state_dict, strict=False)
     if missing or unexpected:
         raise ValueError(f"weights do not match the model config: missing {missing}, unexpected {unexpected}")
     model.save_pretrained(str(tmp), safe_serialization=True)
     if tokenizer is not None:
-        tokenizer.save_pretrained(str(tmp))
+        context = tokenizer.model_max_length
+        tokenizer.model_max_length = model_config.max_seq_len
+        try:
+            tokenizer.save_pretrained(str(tmp))
+        finally:
+            tokenizer.model_max_length = context  # the caller's tokenizer is left as it was
     atomic_replace_dir(tmp, out)
     return out
 

@@ -58,6 +58,7 @@ class TrainSettings:
     keep_last: int = 2
     resume: Any = "auto"  # "auto": resume when a checkpoint exists; True: must exist; False: must not
     nan_skip_batches: int = 0  # micro-batches with a non-finite loss that may be skipped before stopping
+    activation_checkpointing: bool = False  # recompute each SeqLM block in the backward: less memory, same grads
     progress: bool = True
     trust_checkpoint: bool = False  # resume by unpickling DeepSpeed's files (only for checkpoints you wrote)
 
@@ -70,6 +71,8 @@ class TrainSettings:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ValueError(f"train.{name} must be a non-negative integer, got {value!r}")
+        if not isinstance(self.activation_checkpointing, bool):
+            raise ValueError(f"train.activation_checkpointing must be true or false, got {self.activation_checkpointing!r}")
         if self.resume not in ("auto", True, False):
             raise ValueError(f"train.resume must be auto, true or false, got {self.resume!r}")
         if not (isinstance(self.lr, (int, float)) and self.lr > 0):
@@ -193,6 +196,10 @@ class Trainer:
         self.write_extras = write_extras
         self.client_state = dict(client_state or {})
         self.callbacks = list(callbacks)
+        if settings.activation_checkpointing:
+            from seqmodels.model import enable_activation_checkpointing
+
+            enable_activation_checkpointing(model)
         self.engine = build_engine(model, ds_config, settings)
         self.ckpt = CheckpointManager(self.run_dir / "checkpoints", dist_info.rank, settings.keep_last,
                                       dist_info.world_size, settings.trust_checkpoint)

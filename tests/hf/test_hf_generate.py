@@ -1,0 +1,90 @@
+"""HF `generate` with the recurrent state: one token per forward call after the prompt, equal to
+SeqLM.generate; beam search with the cache equals beam search without; EOS stops generation."""
+import pytest
+import torch
+
+import seqmodels  # noqa: F401  (registers the Auto classes)
+from seqmodels import ModelConfig, SeqModelsConfig, SeqModelsForCausalLM
+
+# one family per kind of decoding state: a KV cache, a gated-linear-attention state, a conv tail
+FAMILIES = ["transformer-tiny", "gla-tiny", "base_conv-tiny"]
+
+
+def make_model(preset, dtype=torch.float64, **config_kwargs):
+    torch.manual_seed(0)
+    cfg = ModelConfig.from_preset(preset, vocab_size=61)
+    return SeqModelsForCausalLM(SeqModelsConfig(cfg, **config_kwargs)).to(dtype).eval()
+
+
+def record_calls(model):
+    """Input lengths of every forward call of `model`."""
+    lengths = []
+
+    def hook(module, args, kwargs):
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        lengths.append(ids.shape[1] if ids is not None else kwargs["inputs_embeds"].shape[1])
+
+    model.register_forward_pre_hook(hook, with_kwargs=True)
+    return lengths
+
+
+@pytest.mark.parametrize("preset", FAMILIES)
+def test_greedy_one_token_per_call_equals_seqlm_generate(preset):
+    model = make_model(preset)
+    ids = torch.randint(3, 61, (2, 7))
+    lengths = record_calls(model)
+    out = model.generate(ids, max_new_tokens=6, do_sample=False, attention_mask=torch.ones_like(ids))
+    assert lengths == [7, 1, 1, 1, 1, 1]
+    assert torch.equal(out, model.model.generate(ids, max_new_tokens=6, temperature=0))
+
+
+def test_inputs_embeds_prompt_then_one_token_per_call():
+    model = make_model("gla-tiny")
+    ids = torch.randint(3, 61, (1, 5))
+    lengths = record_calls(model)
+    out = model.generate(inputs_embeds=model.model.embed(ids), max_new_tokens=4, do_sample=False)
+    assert lengths == [5, 1, 1, 1]
+    assert torch.equal(out, model.model.generate(ids, max_new_tokens=4, temperature=0)[:, 5:])
+
+
+@pytest.mark.parametrize("preset", FAMILIES)
+def test_beam_search_with_cache_equals_without(preset):
+    model = make_model(preset)
+    ids = torch.randint(3, 61, (2, 6))
+    kwargs = dict(max_new_tokens=5, num_beams=3, num_return_sequences=2, do_sample=False, early_stopping=True,
+                  output_scores=True, return_dict_in_generate=True)
+    lengths = record_calls(model)
+    cached = model.generate(ids, use_cache=True, **kwargs)
+    assert lengths == [6, 1, 1, 1, 1]  # the beams decode from the reordered state, one token per call
+    plain = model.generate(ids, use_cache=False, **kwargs)
+    assert torch.equal(cached.sequences, plain.sequences)
+    torch.testing.assert_close(cached.sequences_scores, plain.sequences_scores, rtol=0, atol=1e-10)
+
+
+def test_generation_stops_at_eos_from_the_config():
+    prompts = torch.cat([torch.randint(3, 61, (1, 5), generator=torch.Generator().manual_seed(seed)) for seed in (0, 1)])
+    free = make_model("gla-tiny").model.generate(prompts, max_new_tokens=8, temperature=0)[:, 5:]
+    eos = int(free[0, 0])
+    assert eos not in free[1].tolist()  # row 0 emits the EOS first, row 1 never does
+    model = make_model("gla-tiny", bos_token_id=0, eos_token_id=eos, pad_token_id=2)
+    assert model.generation_config.eos_token_id == eos and model.generation_config.pad_token_id == 2
+    out = model.generate(prompts, max_new_tokens=8, do_sample=False)[:, 5:]
+    assert out[0].tolist() == [eos] + [2] * 7  # finished: padded while row 1 runs on
+    assert torch.equal(out[1], free[1])
+    assert model.generate(prompts[:1], max_new_tokens=8, do_sample=False).shape[1] == 5 + 1  # stopped at once
+
+
+def test_state_index_select_matches_separate_prefills():
+    model = make_model("gla-tiny").model
+    ids = torch.randint(3, 61, (3, 8))
+    state = model(ids, return_state=True).state
+    picked = state.index_select(torch.tensor([2, 0, 2]))
+    token = torch.tensor([5, 6, 7])
+    logits, _ = model.step(token, picked)
+    for row, source in enumerate([2, 0, 2]):
+        alone = model(ids[source:source + 1], return_state=True).state
+        expected, _ = model.step(token[row:row + 1], alone)
+        torch.testing.assert_close(logits[row:row + 1], expected, rtol=0, atol=1e-12)
+    assert state.index_select(torch.tensor([True, False, True])).batch_size == 2
+    with pytest.raises(ValueError, match="the state has 3 sequences"):
+        state.index_select(torch.tensor([3]))
