@@ -88,3 +88,24 @@ def test_state_index_select_matches_separate_prefills():
     assert state.index_select(torch.tensor([True, False, True])).batch_size == 2
     with pytest.raises(ValueError, match="the state has 3 sequences"):
         state.index_select(torch.tensor([3]))
+
+
+@pytest.mark.parametrize("preset", FAMILIES + ["retnet-tiny", "lizard-tiny"])
+def test_left_padded_batch_generates_what_each_prompt_generates_alone(preset):
+    """HF generate on a left-padded batch of prompts of different lengths: each row's new tokens and
+    scores equal that prompt generated alone (pads never enter the state)."""
+    model = make_model(preset, pad_token_id=0)
+    torch.manual_seed(1)
+    prompts = [torch.randint(3, 61, (1, n)) for n in (7, 4, 2)]
+    width = max(p.shape[1] for p in prompts)
+    ids = torch.zeros(len(prompts), width, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for row, p in enumerate(prompts):
+        ids[row, width - p.shape[1]:], mask[row, width - p.shape[1]:] = p[0], 1
+    kwargs = dict(max_new_tokens=5, do_sample=False, output_scores=True, return_dict_in_generate=True)
+    batch = model.generate(ids, attention_mask=mask, **kwargs)
+    for row, p in enumerate(prompts):
+        alone = model.generate(p, attention_mask=torch.ones_like(p), **kwargs)
+        assert torch.equal(batch.sequences[row, width:], alone.sequences[0, p.shape[1]:])
+        for step_batch, step_alone in zip(batch.scores, alone.scores):
+            torch.testing.assert_close(step_batch[row], step_alone[0], rtol=0, atol=1e-9)
