@@ -9,6 +9,7 @@ the attention projections; LoRA is merged before the student is returned.
 """
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import torch
@@ -60,7 +61,8 @@ def run_stage1(cfg, teacher, data, ds_config, info, run_dir: Path, eval_batches)
     torch.manual_seed(settings.seed)
     mixers = build_student_mixers(teacher, cfg["student"]["mixer"], cfg["student"]["options"])
     trainable = freeze_all_but_new(mixers)
-    mse_before = layer_mse(teacher, mixers, eval_batches())
+    n_eval = cfg["report"]["eval_batches"]  # held-out batches of the before/after transfer MSE
+    mse_before = layer_mse(teacher, mixers, itertools.islice(eval_batches(), n_eval))
     transfer = AttentionTransfer(teacher, mixers)
     log = ScalarLog(run_dir / "stage1", info.is_main)
 
@@ -81,7 +83,7 @@ def run_stage1(cfg, teacher, data, ds_config, info, run_dir: Path, eval_batches)
     weights = gathered_state_dict(trainer.engine)
     trained = build_student_mixers(teacher, cfg["student"]["mixer"], cfg["student"]["options"])
     trained.load_state_dict({k.removeprefix("mixers."): v for k, v in weights.items()})
-    mse_after = layer_mse(teacher, trained, eval_batches())
+    mse_after = layer_mse(teacher, trained, itertools.islice(eval_batches(), n_eval))
     return trained, mse_before, mse_after, stage_tokens(settings, ds_config, info.world_size, data.seq_len)
 
 
