@@ -5,8 +5,8 @@
 
 Stage 1: every attention layer gets a student mixer built with `from_attention` (`student.mixer`:
 lizard, lolcats, any mixer defining it), trained on the per-layer attention-output MSE. Stage 2:
-the student model trains on KL(teacher ‖ student) (+ ce_weight · CE) through LoRA adapters, merged
-before export. The pipeline and every setting: seqmodels.linearize.pipeline (DEFAULTS). Outputs
+the student model trains on `stage2.loss` (kl: KL(teacher ‖ student), the default; ce: next-token
+cross-entropy; kl+ce) through LoRA adapters, merged before export. The pipeline and every setting: seqmodels.linearize.pipeline (DEFAULTS). Outputs
 under `<output_dir>/<name>/`: hf/ (a SeqModelsForCausalLM directory), report.json and report.md
 (perplexities, MQAR, decode-state bytes, tokens per stage, per-layer transfer MSE, KL, branch
 ablation), stage1/ and stage2/ (checkpoints, TensorBoard).

@@ -1,21 +1,27 @@
 """LoLCATs attention: sliding-window softmax plus Hedgehog linear attention over older tokens, one shared normalizer.
 
 Zhang et al. 2024, "LoLCATs: On Low-Rank Linearizing of Large Language Models", arXiv 2410.10254 (§3.1-3.2,
-Eq. 6); the second linearization student (docs/architecture.md §5.10). No rotary positions. Per query head h, with the
-softmax attention's q/k/v/o projections (names and shapes of seqmodels/layers/attention.py; GQA):
-    φ(x) = [softmax_f(x W), softmax_f(−x W)]                   (Hedgehog softmax map, W [Dk, F] per head)
+Eq. 6), as its released sliding-window layer computes it (defaults; docs/architecture.md §5.10). Per query head h,
+with the softmax attention's q/k/v/o projections (names and shapes of seqmodels/layers/attention.py; GQA) and
+q_i, k_j rotated by the teacher's rotary positions (Su et al. 2021, arXiv 2104.09864, Eq. 34) before both branches:
+    φ(x) = max([softmax_F(x W), softmax_F(−x W)], 1e-12)       (Hedgehog softmax map, W [Dk, F] per head, 2F dims)
     a_ij = γ_h exp(q_i·k_j/√D − m_i)      for i − w < j ≤ i     (window, m_i = max of these scores)
-    b_ij = (1 − γ_h) φ_q(q_i)·φ_k(k_j)    for j ≤ i − w         (linear attention over tokens that left the window)
+    b_ij = λ_h φ_q(q_i)·φ_k(k_j)          for j ≤ i − w         (linear attention over tokens that left the window)
     y_i = W_O Σ_j (a_ij + b_ij) v_j / Σ_j (a_ij + b_ij)          (ONE normalizer over both)
-γ_h = σ(w_h) with σ(w_h) = 0.1 at init (Options window_factor_init). The window max m_i is part of the
-definition (as in the LoLCATs training code; it is not cancelled by the shared normalizer, so
-forward and step both use the max over exactly the window's scores).
-Training form: one T × S masked score matrix (quadratic, like the LoLCATs training code; the same
-form for every kernel_backend). Decoding state (LolcatsState): S [B, H, 2F, Dv + 1] over the keys
-that left the window (values + normalizer column) and a WindowCache ring buffer of the last w
-keys/values — constant in T; a key is folded into S when its ring slot is overwritten.
-Padding: pad keys are masked in the window and have φ_k = 0 (nothing folded into S); the cache
-keeps `pad_offset`. Registered as its own mixer `lolcats` (LoLCATs has no gate, no meta logits and a shared normalizer,
+γ_h = σ(w_h), σ(w_h) = 0.1 at init (Options window_factor_init). Options, released default first:
+    linear_factor  "released": λ_h = 1            | "one_minus_gamma": λ_h = 1 − γ_h (the released code's affine factors)
+    rope           True: rotary q/k (rope_theta)  | False: no positions
+    feature_dim    64                             | None: F = head_dim_k
+    feature_init   "kaiming": kaiming_uniform_ of W [H, Dk, F] (fan_in Dk·F) | "identity": W = I
+The window max m_i is part of the definition (as in the released code; it is not cancelled by the shared normalizer,
+so forward and step both use the max over exactly the window's scores).
+Training form: one T × S masked score matrix (quadratic, like the released training code; the same form for every
+kernel_backend). Decoding state (LolcatsState): S [B, H, 2F, Dv + 1] over the (rotated) keys that left the window
+(values + normalizer column) and a WindowCache ring buffer of the last w rotated keys and values — constant in T; a
+key is folded into S when its ring slot is overwritten.
+Padding: pad keys are masked in the window and have φ_k = 0 (nothing folded into S); rotary positions
+count each row's real tokens; the cache keeps `pad_offset`.
+Registered as its own mixer `lolcats` (LoLCATs has no gate, no meta logits and a shared normalizer,
 so it is not a switch on Lizard); projections, feature maps and `from_attention` come from
 seqmodels/modules/hedgehog_window.py (shared with Lizard).
 """
@@ -34,13 +40,21 @@ from seqmodels.layers.registry import register_mixer
 from seqmodels.modules.hedgehog_window import HedgehogWindowBase
 from seqmodels.modules.normalized_gla import zero_state
 from seqmodels.modules.options import check_int_option
-from seqmodels.modules.padding import current_pad_offset, key_mask_for, zero_pads
+from seqmodels.modules.padding import current_pad_offset, key_mask_for, token_positions, zero_pads
+from seqmodels.modules.rope import apply_rope, rope_cos_sin
+
+LINEAR_FACTORS = ("released", "one_minus_gamma")
+FEATURE_INITS = ("kaiming", "identity")
+FEATURE_FLOOR = 1e-12  # the released map clamps φ at this value
 
 
 @dataclass
 class LolcatsOptions:
     window: int = 64  # w: tokens of the softmax window (itself included)
-    feature_dim: Optional[int] = None  # F per half of the Hedgehog map (default head_dim_k)
+    feature_dim: Optional[int] = 64  # F per half of the Hedgehog map (None: head_dim_k)
+    feature_init: str = "kaiming"  # W_q, W_k init: "kaiming" (released) or "identity"
+    linear_factor: str = "released"  # linear scores × 1 ("released") or × (1 − γ) ("one_minus_gamma")
+    rope: bool = True  # the teacher's rotary positions on q, k before both branches
     window_factor_init: float = 0.1  # γ = σ(w_h) at init
     qkv_bias: bool = False
     o_bias: bool = False
@@ -48,6 +62,11 @@ class LolcatsOptions:
     def __post_init__(self):
         check_int_option("lolcats", "window", self.window)
         check_int_option("lolcats", "feature_dim", self.feature_dim, optional=True)
+        for name, allowed in (("linear_factor", LINEAR_FACTORS), ("feature_init", FEATURE_INITS)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"mixer_options.lolcats.{name} must be one of {list(allowed)}, got {getattr(self, name)!r}")
+        if not isinstance(self.rope, bool):
+            raise ValueError(f"mixer_options.lolcats.rope must be true or false, got {self.rope!r}")
         f = self.window_factor_init
         if not isinstance(f, (int, float)) or isinstance(f, bool) or not 0 < f < 1:
             raise ValueError(f"window_factor_init must be a number in (0, 1), got {f!r}")
@@ -60,8 +79,8 @@ class LolcatsState:
 
 
 def hedgehog_softmax(u: torch.Tensor) -> torch.Tensor:
-    """LoLCATs' map: [softmax(u), softmax(−u)] over the last dim, u [..., F] -> [..., 2F]."""
-    return torch.cat([u.softmax(dim=-1), (-u).softmax(dim=-1)], dim=-1)
+    """LoLCATs' map: max([softmax(u), softmax(−u)], 1e-12) over the last dim, u [..., F] -> [..., 2F]."""
+    return torch.cat([u.softmax(dim=-1), (-u).softmax(dim=-1)], dim=-1).clamp(min=FEATURE_FLOOR)
 
 
 @register_mixer("lolcats")
@@ -74,12 +93,39 @@ class LolcatsAttention(HedgehogWindowBase):
         self.linear_branch_enabled = True  # False drops the linear scores (branch ablation, seqmodels.linearize)
         self.init_weights()
 
+    @staticmethod
+    def check_config(cfg, options) -> None:
+        if options.rope and cfg.dk % 2:
+            raise ValueError(f"mixer_options.lolcats.rope needs an even head_dim_k, got {cfg.dk} (or set rope: false)")
+
+    @classmethod
+    def options_from_teacher(cls, attn) -> dict:
+        """The teacher's biases and its rotary switch (rope_theta comes with the copied config)."""
+        return {**super().options_from_teacher(attn), "rope": attn.options.rope}
+
     def init_weights(self) -> None:
-        """Feature maps = identity; w_h = logit(window_factor_init) (γ = 0.1 by default)."""
+        """Feature maps: kaiming_uniform_ of W [H, Dk, F] (released) or the identity; w_h = logit(window_factor_init)."""
         super().init_weights()
         f = self.options.window_factor_init
         with torch.no_grad():
+            if self.options.feature_init == "kaiming":
+                nn.init.kaiming_uniform_(self.feature_q)
+                nn.init.kaiming_uniform_(self.feature_k)
             self.window_logit.fill_(math.log(f / (1 - f)))
+
+    def rotate(self, q: torch.Tensor, k: torch.Tensor, offset: int, pad_offset=None):
+        """q [B,T,H,Dk], k [B,T,Hkv,Dk] at positions offset..offset+T-1 (less each row's leading pads
+        `pad_offset` [B]), rotated when `rope` (else unchanged)."""
+        if not self.options.rope:
+            return q, k
+        positions = token_positions(offset, q.shape[1], pad_offset, q.device)
+        cos, sin = rope_cos_sin(positions, self.dk, self.cfg.rope_theta, q.dtype)
+        return apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+
+    def linear_factor(self) -> torch.Tensor:
+        """λ_h [H]: 1 (released) or 1 − γ_h."""
+        gamma = torch.sigmoid(self.window_logit)
+        return torch.ones_like(gamma) if self.options.linear_factor == "released" else 1 - gamma
 
     def init_state(self, batch_size, device=None, dtype=None) -> LolcatsState:
         dtype = dtype or self.q_proj.weight.dtype
@@ -96,22 +142,24 @@ class LolcatsAttention(HedgehogWindowBase):
         window_scores/mask [B,H,T,L]; values [B,L,H,Dv]; linear_weights [B,H,T,S'] (already masked) over
         linear_values [B,S',H,Dv+1]; S [B,H,2F,Dv+1] | None. Returns y [B,T,H,Dv]."""
         gamma = torch.sigmoid(self.window_logit)[:, None, None]  # [H, 1, 1]
+        lam = self.linear_factor()
         s = window_scores.masked_fill(~window_mask, float("-inf"))
         a = gamma * torch.exp(s - s.amax(dim=-1, keepdim=True))  # every row sees at least its own key
         v1 = torch.cat([values, values.new_ones(*values.shape[:-1], 1)], dim=-1)
         out = torch.einsum("bhtl,blhd->bthd", a, v1)
         if linear_weights is not None and self.linear_branch_enabled:
-            out = out + torch.einsum("bhts,bshd->bthd", (1 - gamma) * linear_weights, linear_values)
+            out = out + torch.einsum("bhts,bshd->bthd", lam[:, None, None] * linear_weights, linear_values)
         if S is not None and self.linear_branch_enabled:
-            out = out + (1 - gamma).view(1, 1, -1, 1) * torch.einsum("bthf,bhfd->bthd", phi_q, S.to(phi_q.dtype))
+            out = out + lam.view(1, 1, -1, 1) * torch.einsum("bthf,bhfd->bthd", phi_q, S.to(phi_q.dtype))
         return out[..., :-1] / out[..., -1:]
 
     def forward(self, x, state: Optional[LolcatsState] = None, return_state: bool = False, pad_mask=None):
         B, T, _ = x.shape
         w = self.options.window
-        q, k, v = self.project(x)
         offset, first = (state.window.seen_tokens, 0) if state is not None else (0, 0)
         pad_offset = current_pad_offset(None if state is None else state.window.pad_offset, pad_mask)
+        q, k, v = self.project(x)
+        q, k = self.rotate(q, k, offset, pad_offset)
         if state is not None and offset > 0:  # cached keys/values of positions first..offset-1
             k_past, v_past, first = state.window.ordered()
             k, v = torch.cat([k_past, k], dim=1), torch.cat([v_past, v], dim=1)
@@ -143,7 +191,9 @@ class LolcatsAttention(HedgehogWindowBase):
     def step(self, x_t, state: LolcatsState):
         B = x_t.shape[0]
         w = self.options.window
-        q, k, v = (t[:, 0] for t in self.project(x_t[:, None]))
+        q, k, v = self.project(x_t[:, None])
+        q, k = (t[:, 0] for t in self.rotate(q, k, state.window.seen_tokens, state.window.pad_offset))
+        v = v[:, 0]
         S = state.linear_state
         cache = state.window.copy()
         if cache.seen_tokens >= w:  # the key at position seen_tokens - w leaves the window: fold it into S

@@ -1,11 +1,15 @@
-"""Stage 2, distillation: the whole student trained on KL(teacher ‖ student) over next-token
-distributions (+ optional cross-entropy), through LoRA adapters (`peft`) on the attention projections.
+"""Stage 2, distillation: the whole student fine-tuned on `stage2.loss` through LoRA adapters (`peft`) on the
+attention projections.
 
-LoLCATs (arXiv 2410.10254 §3.2) / Lizard (arXiv 2507.09025 §3, LoRA rank 8, α 16 on W_Q, W_K, W_V):
-    L = kl_weight · τ² · mean_t KL(softmax(z_t^T / τ) ‖ softmax(z_t^S / τ)) + ce_weight · CE(z^S, labels),
-mean over positions with labels != -100. The teacher is frozen and held outside the module tree.
-`apply_lora` wraps the student with peft's LoraModel (only adapters train, plus any parameter named
-in `extra_trainable`); `merge_lora` folds the adapters back into plain nn.Linear weights for export.
+    kl      L = kl_weight · τ² · mean_t KL(softmax(z_t^T / τ) ‖ softmax(z_t^S / τ))   (our default)
+    ce      L = ce_weight · CE(z^S, labels)            (next-token LM loss; no teacher forward while training)
+    kl+ce   the sum of both
+mean over positions with labels != -100. Which paper uses which: LoLCATs' released code (arXiv 2410.10254 §3.2)
+fine-tunes with next-token cross-entropy through LoRA; Lizard (arXiv 2507.09025 §3, LoRA rank 8, α 16 on W_Q, W_K,
+W_V) describes language-model fine-tuning; KL to the teacher is this project's default (docs/linearize.md).
+The teacher is frozen and held outside the module tree. `apply_lora` wraps the student with peft's LoraModel (only
+adapters train, plus any parameter named in `extra_trainable`); `merge_lora` folds the adapters back into plain
+nn.Linear weights for export.
 """
 from __future__ import annotations
 
@@ -16,6 +20,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from seqmodels.model import SeqLM, upcast
+
+STAGE2_LOSSES = ("kl", "ce", "kl+ce")
 
 
 def kl_teacher_student(teacher_logits: torch.Tensor, student_logits: torch.Tensor, mask: Optional[torch.Tensor] = None,
@@ -59,19 +65,24 @@ def merge_lora(wrapped: nn.Module) -> SeqLM:
 
 
 class Distiller(nn.Module):
-    """forward(input_ids, labels) -> kl_weight·KL + ce_weight·CE; `student` is the trainable module
-    (a SeqLM or its peft wrapper), the teacher is kept outside the module tree."""
+    """forward(input_ids, labels) -> the `loss` (kl | ce | kl+ce) of the student, weighted by kl_weight / ce_weight
+    (each weights its term when `loss` names it); `student` is the trainable module (a SeqLM or its peft wrapper),
+    the teacher is kept outside the module tree and runs only when the loss has a KL term."""
 
-    def __init__(self, student: nn.Module, teacher: SeqLM, kl_weight: float = 1.0, ce_weight: float = 0.0,
-                 temperature: float = 1.0):
+    def __init__(self, student: nn.Module, teacher: SeqLM, loss: str = "kl", kl_weight: float = 1.0,
+                 ce_weight: float = 1.0, temperature: float = 1.0):
         super().__init__()
-        if kl_weight < 0 or ce_weight < 0 or kl_weight + ce_weight == 0:
-            raise ValueError(f"kl_weight and ce_weight must be >= 0 and not both 0, got {kl_weight}, {ce_weight}")
+        if loss not in STAGE2_LOSSES:
+            raise ValueError(f"stage2.loss must be one of {list(STAGE2_LOSSES)}, got {loss!r}")
+        if kl_weight <= 0 or ce_weight <= 0:
+            raise ValueError(f"stage2.kl_weight and stage2.ce_weight must be > 0, got {kl_weight}, {ce_weight}")
         if temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
+            raise ValueError(f"stage2.temperature must be > 0, got {temperature}")
         self.student = student
         self._teacher = [teacher]
+        self.loss = loss
         self.kl_weight, self.ce_weight, self.temperature = kl_weight, ce_weight, temperature
+        self.terms = tuple(loss.split("+"))
         self._sums = {"kl": 0.0, "ce": 0.0}
         self._count = 0
 
@@ -80,25 +91,29 @@ class Distiller(nn.Module):
         return self._teacher[0]
 
     def forward(self, input_ids: torch.Tensor, labels: Optional[torch.Tensor] = None) -> torch.Tensor:
-        with torch.no_grad():
-            teacher_logits = self.teacher(input_ids).logits
+        if "ce" in self.terms and labels is None:
+            raise ValueError(f"stage2.loss {self.loss!r} has a cross-entropy term: the batches need labels")
         out = self.student(input_ids, labels=labels)
-        mask = None if labels is None else labels != -100
-        kl = kl_teacher_student(teacher_logits, out.logits, mask, self.temperature)
-        loss = self.kl_weight * kl
-        if self.ce_weight and out.loss is not None:
+        loss, kl = 0.0, None
+        if "kl" in self.terms:
+            with torch.no_grad():
+                teacher_logits = self.teacher(input_ids).logits
+            mask = None if labels is None else labels != -100
+            kl = kl_teacher_student(teacher_logits, out.logits, mask, self.temperature)
+            loss = loss + self.kl_weight * kl
+        if "ce" in self.terms:
             loss = loss + self.ce_weight * out.loss
         if self.training:
-            self._sums["kl"] += float(kl.detach())
+            self._sums["kl"] += float(kl.detach()) if kl is not None else 0.0
             self._sums["ce"] += float(out.loss.detach()) if out.loss is not None else float("nan")
             self._count += 1
         return loss
 
     def pop_train_means(self) -> Optional[dict]:
-        """Mean KL and CE over the training forwards since the last call (None if none)."""
+        """Mean CE, and KL when the loss has it, over the training forwards since the last call (None if none)."""
         if self._count == 0:
             return None
-        means = {k: v / self._count for k, v in self._sums.items()}
+        means = {k: v / self._count for k, v in self._sums.items() if k == "ce" or "kl" in self.terms}
         self._sums = {"kl": 0.0, "ce": 0.0}
         self._count = 0
         return means

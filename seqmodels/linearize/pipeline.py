@@ -43,8 +43,9 @@ DEFAULTS = {
         "train": asdict(TrainSettings()),
         "lora": {"rank": 8, "alpha": 16.0, "dropout": 0.0, "target_modules": ["q_proj", "k_proj", "v_proj"]},
         "extra_trainable": [],  # parameter-name substrings trained beside LoRA, e.g. [feature_q, alpha]
-        "kl_weight": 1.0,
-        "ce_weight": 0.0,
+        "loss": "kl",  # kl | ce | kl+ce (seqmodels.linearize.distill; docs/linearize.md says which paper uses which)
+        "kl_weight": 1.0,  # weights of the terms `loss` names
+        "ce_weight": 1.0,
         "temperature": 1.0,
     },
     "report": {"eval_batches": 16, "mqar": {"num_kv_pairs": 4, "seq_len": 64, "num_examples": 64},
@@ -75,6 +76,17 @@ def resolve_data(cfg: dict, teacher_dir: str, vocab_size: int, info) -> PackedTe
     return data
 
 
+def no_eval_reason(cfg: dict, data: PackedTextData, micro_batch: int, world_size: int) -> str:
+    """Why the packed data gives no held-out batch: no validation split, or one smaller than a global batch."""
+    splits = data.index["splits"]
+    if "validation" not in splits:
+        return "the packed data has no validation split: set data.validation_fraction > 0"
+    n, need = splits["validation"]["num_sequences"], micro_batch * world_size
+    return (f"the validation split has {n} sequences of {data.seq_len} tokens but one eval batch needs {need} "
+            f"({micro_batch} per process x {world_size} process(es)): raise data.validation_fraction (now "
+            f"{cfg['data']['validation_fraction']}) or data.max_bytes, or lower ds.train_micro_batch_size_per_gpu")
+
+
 @dataclass
 class LinearizeRun:
     report: Optional[dict]  # rank 0 only (None elsewhere)
@@ -102,7 +114,7 @@ def run_linearize(cfg: dict) -> LinearizeRun:
     teacher.to(get_accelerator().current_device_name())
     eval_batches = data.eval_batches(micro_batch_size(ds_config))
     if eval_batches is None:
-        raise ValueError("the packed data has no validation split: set data.validation_fraction > 0")
+        raise ValueError(no_eval_reason(cfg, data, micro_batch_size(ds_config), info.world_size))
     if info.is_main:
         write_run_config(run_dir, resolved)
     n_eval = cfg["report"]["eval_batches"]

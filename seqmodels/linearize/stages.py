@@ -4,11 +4,12 @@
 
 Stage 1 (transfer.py): every attention layer gets a student mixer built with `from_attention`;
 only the new parameters train, on Σ_l MSE(student_l(h_l), attention_l(h_l)). Stage 2
-(distill.py): the student model trains on KL(teacher ‖ student) (+ ce_weight · CE) through LoRA
-adapters on the attention projections; LoRA is merged before the student is returned.
+(distill.py): the student model trains on `stage2.loss` (kl | ce | kl+ce) through LoRA adapters on
+the attention projections; LoRA is merged before the student is returned.
 """
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import torch
@@ -60,7 +61,8 @@ def run_stage1(cfg, teacher, data, ds_config, info, run_dir: Path, eval_batches)
     torch.manual_seed(settings.seed)
     mixers = build_student_mixers(teacher, cfg["student"]["mixer"], cfg["student"]["options"])
     trainable = freeze_all_but_new(mixers)
-    mse_before = layer_mse(teacher, mixers, eval_batches())
+    n_eval = cfg["report"]["eval_batches"]  # held-out batches of the before/after transfer MSE
+    mse_before = layer_mse(teacher, mixers, itertools.islice(eval_batches(), n_eval))
     transfer = AttentionTransfer(teacher, mixers)
     log = ScalarLog(run_dir / "stage1", info.is_main)
 
@@ -81,7 +83,7 @@ def run_stage1(cfg, teacher, data, ds_config, info, run_dir: Path, eval_batches)
     weights = gathered_state_dict(trainer.engine)
     trained = build_student_mixers(teacher, cfg["student"]["mixer"], cfg["student"]["options"])
     trained.load_state_dict({k.removeprefix("mixers."): v for k, v in weights.items()})
-    mse_after = layer_mse(teacher, trained, eval_batches())
+    mse_after = layer_mse(teacher, trained, itertools.islice(eval_batches(), n_eval))
     return trained, mse_before, mse_after, stage_tokens(settings, ds_config, info.world_size, data.seq_len)
 
 
@@ -91,7 +93,7 @@ def build_distiller(cfg, teacher, mixers) -> Distiller:
     student = assemble_student(teacher, mixers)
     wrapped = apply_lora(student, lora["rank"], lora["alpha"], lora["dropout"], lora["target_modules"],
                          s2["extra_trainable"])
-    return Distiller(wrapped, teacher, s2["kl_weight"], s2["ce_weight"], s2["temperature"])
+    return Distiller(wrapped, teacher, s2["loss"], s2["kl_weight"], s2["ce_weight"], s2["temperature"])
 
 
 @torch.no_grad()
@@ -121,8 +123,8 @@ def run_stage2(cfg, teacher, mixers, data, ds_config, info, run_dir: Path, eval_
     def log_distill(trainer, step, _loss):
         means = distiller.pop_train_means()
         if means is not None and step % settings.log_every == 0:
-            kl, ce = all_reduce_mean(means["kl"]), all_reduce_mean(means["ce"])
-            log.add({"distill/kl": kl, "distill/ce": ce, "distill/student_ppl": perplexity(ce)}, step)
+            scalars = {f"distill/{name}": all_reduce_mean(value) for name, value in means.items()}
+            log.add({**scalars, "distill/student_ppl": perplexity(scalars["distill/ce"])}, step)
 
     trainable = sum(p.numel() for p in distiller.parameters() if p.requires_grad)
     if info.is_main:

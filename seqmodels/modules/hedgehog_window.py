@@ -3,8 +3,9 @@
 Both replace a softmax attention by Hedgehog feature maps (Zhang et al. 2024, arXiv 2402.04347)
 over its own q/k/v/o projections plus a softmax over a window of recent keys. `HedgehogWindowBase`
 holds what they share: the projections under softmax attention's names and shapes (GQA, optional
-biases, no rotary positions), the per-head feature maps W_q, W_k [H, Dk, F] (identity at init),
-the window's WindowCache and `from_attention`, which copies a teacher's q/k/v/o.
+biases; rotary positions, where a family uses them, are its own), the per-head feature maps
+W_q, W_k [H, Dk, F] (identity at init), the window's WindowCache and `from_attention`, which
+copies a teacher's q/k/v/o.
 """
 from __future__ import annotations
 
@@ -63,16 +64,21 @@ class HedgehogWindowBase(Mixer):
                            torch.zeros(batch_size, w, self.n_kv_heads, self.dv, device=device, dtype=dtype), 0)
 
     @classmethod
+    def options_from_teacher(cls, attn) -> dict:
+        """The Options a student takes from its teacher attention unless given: the projection biases."""
+        return {"qkv_bias": attn.options.qkv_bias, "o_bias": attn.options.o_bias}
+
+    @classmethod
     def from_attention(cls, attn, **options) -> "HedgehogWindowBase":
         """A mixer of this family with `attn`'s q/k/v/o weights (and biases) copied; every new parameter gets
-        `init_weights()`'s init. `options` override this family's Options (window, n_meta, ...). The teacher's
-        rotary positions are dropped (Lizard and LoLCATs use none). Same device and dtype as `attn`."""
+        `init_weights()`'s init. `options` override this family's Options (window, n_meta, ...) and those
+        `options_from_teacher` reads (LoLCATs: the rotary switch; rope_theta comes with the copied config).
+        Same device and dtype as `attn`."""
         from seqmodels.layers.attention import SoftmaxAttention  # the teacher family (imported here: modules import no family)
 
         if not isinstance(attn, SoftmaxAttention):
             raise ValueError(f"from_attention needs a SoftmaxAttention module (mixer 'attention'), got {type(attn).__name__}")
-        teacher = attn.options
-        options = {"qkv_bias": teacher.qkv_bias, "o_bias": teacher.o_bias, **options}
+        options = {**cls.options_from_teacher(attn), **options}
         cfg = dataclasses.replace(attn.cfg, mixer=cls.mixer_name, layers=None, mixer_options={cls.mixer_name: options})
         weight = attn.q_proj.weight
         mixer = cls(cfg, attn.layer_idx).to(device=weight.device, dtype=weight.dtype)
