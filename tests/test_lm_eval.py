@@ -25,22 +25,15 @@ from seqmodels.data.mqar import mqar  # noqa: E402
 from seqmodels.data.pack import pack_corpus  # noqa: E402
 from seqmodels.data.tokenizer import train_bpe  # noqa: E402
 from seqmodels.lm_eval import TASKS_DIR, held_out, mqar_text, passkey, register  # noqa: E402
+from seqmodels.data.text import window_batches  # noqa: E402
 from seqmodels.model import SeqLM  # noqa: E402
+from seqmodels.train.evaluation import evaluate_lm  # noqa: E402
 from seqmodels.train.export import export_hf, load_for_inference  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 TASKS = ["seqmodels_ppl", "seqmodels_passkey_256", "seqmodels_mqar"]
 CONTEXT = 64  # the tiny model's max_seq_len
 DIST_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
-
-
-def load_evaluate_recipe():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("recipe_evaluate_lm_eval", REPO / "recipes" / "evaluate.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
@@ -139,17 +132,16 @@ def test_batch_sizes_1_and_8_agree_on_every_task(cli_samples):
 
 def test_rolling_loglikelihood_equals_evaluate_recipe(cli_samples, model_dir, tokenizer):
     """Each held-out document scored by lm-eval (one window: max_length 2048) equals
-    recipes/evaluate.py's scoring of the window [EOS] + tokens(document)."""
-    evaluate = load_evaluate_recipe()
+    recipes/evaluate.py's scoring (seqmodels.train.evaluation.evaluate_lm) of the window [EOS] + tokens(document)."""
     model, _ = load_for_inference(model_dir, dtype=torch.float64)
     samples = cli_samples[1]["seqmodels_ppl"]
     for sample in samples:
         ids = tokenizer(sample["doc"]["text"], add_special_tokens=False)["input_ids"]
         assert len(ids) < 2048
         window = torch.tensor([tokenizer.eos_token_id, *ids])
-        scored = evaluate.score_windows(model, [window], batch_size=1)
-        assert scored["tokens"] == len(ids)
-        nll = scored["loss"] * scored["tokens"]
+        scored = evaluate_lm(model, window_batches([window], 1))
+        assert scored.tokens == len(ids)
+        nll = scored.loss * scored.tokens
         assert -float(sample["resps"][0][0]) == pytest.approx(nll, rel=0, abs=1e-9 * len(ids))
         assert sample["word_perplexity"][1] == len(re.split(r"\s+", sample["doc"]["text"]))
 
