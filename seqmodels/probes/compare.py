@@ -27,7 +27,6 @@ from __future__ import annotations
 import copy
 import gc
 import itertools
-import logging
 import platform
 import shutil
 import statistics
@@ -50,11 +49,11 @@ from seqmodels.probes.compare_tokens import BigramCounts, split_loss
 from seqmodels.run_config import format_config, parse_run_args, write_run_config
 from seqmodels.train import pretrain as pretrain_run
 from seqmodels.train.deepspeed_config import micro_batch_size, resolve_deepspeed_config
-from seqmodels.train.distributed import init_distributed
 from seqmodels.train.export import load_for_inference
 from seqmodels.train.monitor import read_metrics
 from seqmodels.train.trainer import NonFiniteLossError, TrainSettings
-from seqmodels.train.work_queue import claimed_items, split_ranks, wait_for_ranks
+from seqmodels.probes.sweep import start_sweep
+from seqmodels.train.work_queue import claimed_items, wait_for_ranks
 
 DEFAULTS = {
     "name": "compare",
@@ -248,12 +247,7 @@ def _packed_data(cfg: dict, info, rank: int, store) -> PackedTextData:
 def run_compare(cfg: dict) -> CompareResult:
     """Train and measure every model this rank claims (skipping finished ones); rank 0 then writes
     the outputs from all result files."""
-    rank, world, store = split_ranks()
-    if cfg["torch_threads"]:
-        torch.set_num_threads(int(cfg["torch_threads"]))
-    logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
-    info = init_distributed(cfg["dist_backend"])
-    ds_config = resolve_deepspeed_config(cfg["deepspeed_config"], cfg["ds"])
+    rank, world, store, info, ds_config = start_sweep(cfg)
     micro, accumulation = micro_batch_size(ds_config), int(ds_config.get("gradient_accumulation_steps", 1))
     out_dir = Path(cfg["output_dir"]) / cfg["name"]
     data = _packed_data(cfg, info, rank, store)

@@ -20,7 +20,6 @@ linearly and each run's numbers do not depend on the rank count.
 from __future__ import annotations
 
 import gc
-import logging
 import math
 import shutil
 import time
@@ -37,11 +36,11 @@ from seqmodels.model import SeqLM
 from seqmodels.probes.mqar_grid import build_grid
 from seqmodels.probes.mqar_results import cell_key, read_result, write_outputs, write_result
 from seqmodels.run_config import format_config, parse_run_args, write_run_config
-from seqmodels.train.deepspeed_config import micro_batch_size, resolve_deepspeed_config
-from seqmodels.train.distributed import init_distributed
+from seqmodels.train.deepspeed_config import micro_batch_size
 from seqmodels.train.evaluation import evaluate_accuracy
 from seqmodels.train.trainer import NonFiniteLossError, Trainer, TrainSettings
-from seqmodels.train.work_queue import claimed_items, split_ranks, wait_for_ranks
+from seqmodels.probes.sweep import start_sweep
+from seqmodels.train.work_queue import claimed_items, wait_for_ranks
 
 DEFAULTS = {
     "name": "mqar",
@@ -157,12 +156,7 @@ def run_sweep(cfg: dict) -> SweepResult:
     """Train every run of the grid this rank claims (skipping finished ones); rank 0 then writes
     the outputs from all result files."""
     runs = build_grid(cfg)
-    rank, world, store = split_ranks()
-    if cfg["torch_threads"]:
-        torch.set_num_threads(int(cfg["torch_threads"]))
-    logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
-    info = init_distributed(cfg["dist_backend"])
-    ds_config = resolve_deepspeed_config(cfg["deepspeed_config"], cfg["ds"])
+    rank, world, store, info, ds_config = start_sweep(cfg)
     out_dir = Path(cfg["output_dir"]) / cfg["name"]
     cells_dir = out_dir / "cells"
     cells_dir.mkdir(parents=True, exist_ok=True)
