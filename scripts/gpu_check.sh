@@ -22,7 +22,7 @@ if ls .whl/*.whl > /dev/null 2>&1; then
 fi
 "$PY" -m pip install --no-deps --no-build-isolation -e . >> "$OUT/pip.txt" 2>&1 || { echo "gpu_check: pip install -e . failed"; tail -20 "$OUT/pip.txt"; exit 1; }
 
-# -P: the repository root stays off sys.path (its kernels/ and data/ folders would shadow packages)
+# -P: the repository root stays off the import path (its kernels/ and data/ folders would shadow packages)
 TRITON_INTERPRET=0 timeout 240 "$PY" -P -m pytest -p no:cacheprovider -q -m gpu tests/kernels/test_gla_triton.py \
     > "$OUT/pytest_gpu.txt" 2>&1
 echo "gpu_check: gpu tests exited $? ($(tail -1 "$OUT/pytest_gpu.txt"))"

@@ -13,7 +13,7 @@ def test_no_top_level_kernels_or_data(tmp_path):
         "    assert origin is None or 'seqmodels' not in origin and '/kernels/__init__' not in origin, origin\n"
         "print('ok')\n"
     )
-    # run from an unrelated directory, as a user would: the repository root is not on sys.path
+    # run from an unrelated directory, as a user would: the repository root is not on the import path
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().endswith("ok")
