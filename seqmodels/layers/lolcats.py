@@ -15,8 +15,9 @@ q_i, k_j rotated by the teacher's rotary positions (Su et al. 2021, arXiv 2104.0
     feature_init   "kaiming": kaiming_uniform_ of W [H, Dk, F] (fan_in Dk·F) | "identity": W = I
 The window max m_i is part of the definition (as in the released code; it is not cancelled by the shared normalizer,
 so forward and step both use the max over exactly the window's scores).
-Training form: one T × S masked score matrix (quadratic, like the released training code; the same form for every
-kernel_backend). Decoding state (LolcatsState): S [B, H, 2F, Dv + 1] over the (rotated) keys that left the window
+Training form (no state, no pads): blocks of w queries, each scoring keys of its own and the previous block
+plus a running φ_k(k)ᵀ[v, 1] state of the blocks before (O(T·w), `_mix_blocked`); with a state or pads, one T × S
+masked score matrix (quadratic, like the released training code); the same numbers (tested), every kernel_backend. Decoding state (LolcatsState): S [B, H, 2F, Dv + 1] over the (rotated) keys that left the window
 (values + normalizer column) and a WindowCache ring buffer of the last w rotated keys and values — constant in T; a
 key is folded into S when its ring slot is overwritten.
 Padding: pad keys are masked in the window and have φ_k = 0 (nothing folded into S); rotary positions
