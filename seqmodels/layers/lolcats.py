@@ -15,8 +15,9 @@ q_i, k_j rotated by the teacher's rotary positions (Su et al. 2021, arXiv 2104.0
     feature_init   "kaiming": kaiming_uniform_ of W [H, Dk, F] (fan_in Dk·F) | "identity": W = I
 The window max m_i is part of the definition (as in the released code; it is not cancelled by the shared normalizer,
 so forward and step both use the max over exactly the window's scores).
-Training form: one T × S masked score matrix (quadratic, like the released training code; the same form for every
-kernel_backend). Decoding state (LolcatsState): S [B, H, 2F, Dv + 1] over the (rotated) keys that left the window
+Training form (no state, no pads): blocks of w queries, each scoring keys of its own and the previous block
+plus a running φ_k(k)ᵀ[v, 1] state of the blocks before (O(T·w), `_mix_blocked`); with a state or pads, one T × S
+masked score matrix (quadratic, like the released training code); the same numbers (tested), every kernel_backend. Decoding state (LolcatsState): S [B, H, 2F, Dv + 1] over the (rotated) keys that left the window
 (values + normalizer column) and a WindowCache ring buffer of the last w rotated keys and values — constant in T; a
 key is folded into S when its ring slot is overwritten.
 Padding: pad keys are masked in the window and have φ_k = 0 (nothing folded into S); rotary positions
@@ -153,6 +154,46 @@ class LolcatsAttention(HedgehogWindowBase):
             out = out + lam.view(1, 1, -1, 1) * torch.einsum("bthf,bhfd->bthd", phi_q, S.to(phi_q.dtype))
         return out[..., :-1] / out[..., -1:]
 
+    def _mix_blocked(self, q, k_h, v1, phi_q, phi_k):
+        """The training form without state or pads in O(T·w): forward's T × T masked scores cut into blocks of
+        w queries. Query block b (positions bw..bw+w−1, local row r) sees its window in key blocks b−1
+        (local column s > r) and b (s ≤ r); its linear keys are block b−1's columns s ≤ r plus every key
+        of blocks < b−1, whose φ_k(k)ᵀ[v, 1] sum is a running state. Same terms as `_mix` (one normalizer,
+        the max over the window's scores). q, k_h [B,T,H,Dk], v1 [B,T,H,Dv+1] (ones column), φ [B,T,H,2F]
+        -> y [B,T,H,Dv]."""
+        B, T, H, _ = q.shape
+        w = self.options.window
+        n = -(-T // w)
+        pad = n * w - T  # zero keys/values at the end: later than every real query, never visible to one
+
+        def blocks(t):  # [B, T, H, d] -> [B, n, w, H, d]
+            return torch.nn.functional.pad(t, (0, 0, 0, 0, 0, pad)).unflatten(1, (n, w))
+
+        def previous(t):  # block b -> block b−1 (zeros before the first)
+            return torch.cat([torch.zeros_like(t[:, :1]), t[:, :-1]], dim=1)
+
+        qb, kb, vb, fqb, fkb = map(blocks, (q, k_h, v1, phi_q, phi_k))
+        k_prev, v_prev, fk_prev = previous(kb), previous(vb), previous(fkb)
+        r = torch.arange(w, device=q.device)
+        earlier = r[None, :] > r[:, None]  # [w, w]: column s > row r (block b−1: in the window)
+        real_prev = (torch.arange(n, device=q.device) > 0)[:, None, None]  # [n, 1, 1]: block b−1 exists
+        window_mask = torch.cat([(earlier & real_prev), (~earlier).expand(n, w, w)], dim=-1)  # [n, w, 2w]
+        scores = torch.einsum("bnrhd,bnshd->bhnrs", qb, torch.cat([k_prev, kb], dim=2)) / math.sqrt(self.dk)
+        s = scores.masked_fill(~window_mask, float("-inf"))
+        gamma = torch.sigmoid(self.window_logit)[:, None, None, None]  # [H, 1, 1, 1]
+        a = gamma * torch.exp(s - s.amax(dim=-1, keepdim=True))
+        out = torch.einsum("bhnrs,bnshd->bnrhd", a, torch.cat([v_prev, vb], dim=2))
+        if self.linear_branch_enabled:
+            lam = self.linear_factor()
+            near = torch.einsum("bnrhf,bnshf->bhnrs", fqb, fk_prev).masked_fill(earlier, 0.0)  # s <= r
+            block_kv = torch.einsum("bnshf,bnshd->bnhfd", fkb, vb)  # [B, n, H, 2F, Dv+1]
+            far = block_kv.cumsum(dim=1)[:, :-2]  # Σ over blocks < b−1, for b >= 2
+            far = torch.cat([torch.zeros_like(block_kv[:, : min(n, 2)]), far], dim=1)
+            linear = torch.einsum("bhnrs,bnshd->bnrhd", near, v_prev) + torch.einsum("bnrhf,bnhfd->bnrhd", fqb, far)
+            out = out + lam[:, None] * linear
+        out = out.flatten(1, 2)[:, :T]
+        return out[..., :-1] / out[..., -1:]
+
     def forward(self, x, state: Optional[LolcatsState] = None, return_state: bool = False, pad_mask=None):
         B, T, _ = x.shape
         w = self.options.window
@@ -167,17 +208,20 @@ class LolcatsAttention(HedgehogWindowBase):
         k_h, v_h = self.expand_kv(k), self.expand_kv(v)
         pos_q = offset + torch.arange(T, device=x.device)[:, None]
         pos_k = first + torch.arange(k.shape[1], device=x.device)[None, :]
-        window_mask = (pos_k <= pos_q) & (pos_q - pos_k < w)
         key_mask = key_mask_for(pad_offset, first, k.shape[1], pad_mask, x.device)
-        if key_mask is not None:  # pad keys hidden (each query keeps its own key: no empty row)
-            window_mask = (window_mask & (key_mask[:, None, None, :] | (pos_k == pos_q)))
-            phi_k = zero_pads(phi_k, key_mask)
-        linear_mask = pos_k <= pos_q - w
-        scores = torch.einsum("bthd,bshd->bhts", q, k_h) / math.sqrt(self.dk)
-        linear = torch.einsum("bthf,bshf->bhts", phi_q, phi_k).masked_fill(~linear_mask, 0.0)
         v1 = torch.cat([v_h, v_h.new_ones(*v_h.shape[:-1], 1)], dim=-1)
         S0 = None if state is None else state.linear_state
-        y = self._mix(scores, window_mask, v_h, phi_q, linear, v1, S0)
+        if S0 is None and key_mask is None:  # training: blocks of w queries, O(T·w) (same numbers, tested)
+            y = self._mix_blocked(q, k_h, v1, phi_q, phi_k)
+        else:
+            window_mask = (pos_k <= pos_q) & (pos_q - pos_k < w)
+            if key_mask is not None:  # pad keys hidden (each query keeps its own key: no empty row)
+                window_mask = (window_mask & (key_mask[:, None, None, :] | (pos_k == pos_q)))
+                phi_k = zero_pads(phi_k, key_mask)
+            linear_mask = pos_k <= pos_q - w
+            scores = torch.einsum("bthd,bshd->bhts", q, k_h) / math.sqrt(self.dk)
+            linear = torch.einsum("bthf,bshf->bhts", phi_q, phi_k).masked_fill(~linear_mask, 0.0)
+            y = self._mix(scores, window_mask, v_h, phi_q, linear, v1, S0)
         y = self.o_proj(y.reshape(B, T, -1))
         if not return_state:
             return y, None

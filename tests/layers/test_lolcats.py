@@ -116,6 +116,32 @@ def test_matches_released_equations_values_and_gradients(n_kv_heads, options):
         assert_rel_close(got, want, 1e-9, f"gradient of {name}")
 
 
+@pytest.mark.parametrize("T, options", [(37, {}), (23, {"window": 1}), (8, {}), (16, {}), (5, {}), (40, TODAY),
+                                      (33, {"linear_factor": "one_minus_gamma"}), (37, {"branch_off": True})])
+def test_blocked_training_form_matches_the_masked_form(T, options):
+    """forward without state or pads (`_mix_blocked`, O(T·w)) = the T × T masked form it runs with a state
+    (an empty one here), values and gradients, float64; T below, at and across multiples of the window."""
+    options = dict(options)
+    branch_off = options.pop("branch_off", False)
+    mixer = randomize(build_mixer(cfg_for(1, **options)))
+    mixer.linear_branch_enabled = not branch_off
+    x = _x(T=T).requires_grad_(True)
+    weight = torch.randn(2, T, 36, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    params = [x, mixer.feature_q, mixer.feature_k, mixer.window_logit, mixer.q_proj.weight, mixer.k_proj.weight]
+    y, _ = mixer(x)
+    grads = torch.autograd.grad((y * weight).sum(), params, allow_unused=True, materialize_grads=True)
+    expected, _ = mixer(x, state=mixer.init_state(2))
+    expected_grads = torch.autograd.grad((expected * weight).sum(), params, allow_unused=True,
+                                         materialize_grads=True)
+    assert_rel_close(y, expected, TOL64, "blocked vs masked form")
+    for name, got, want in zip(["x", "feature_q", "feature_k", "window_logit", "q_proj", "k_proj"], grads,
+                               expected_grads):
+        if want.abs().max() < 1e-12:  # γ cancels while no key has left the window; φ unused with the branch off
+            assert got.abs().max() < 1e-12, name
+            continue
+        assert_rel_close(got, want, TOL64, f"gradient of {name}")
+
+
 def test_released_and_today_differ_once_keys_leave_the_window():
     """The defaults are not today's behaviour: each released switch changes the output of a trained-looking layer."""
     x = _x(T=23)
