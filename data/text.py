@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
+import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Optional
@@ -62,15 +64,27 @@ class TextDataSettings:
 
 
 def _build(settings: TextDataSettings, out_dir: Path) -> None:
-    tmp = out_dir.with_name(f".tmp-{out_dir.name}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
+    """Build into a temporary directory of this process's own, then move it to `out_dir` in one
+    rename. Two runs building the same cache at once (two jobs, or a grid of runs) each build
+    their own copy; the first rename wins and the other run uses the winner's directory."""
+    tmp = out_dir.with_name(f".tmp-{out_dir.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     tmp.mkdir(parents=True)
     try:
         _build_into(settings, tmp, out_dir)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _publish(tmp: Path, out_dir: Path) -> None:
+    """Move the complete `tmp` to `out_dir`; a complete `out_dir` built meanwhile by another process wins."""
+    try:
+        os.rename(tmp, out_dir)  # atomic; fails when out_dir exists and is not empty
+    except OSError:
+        if (out_dir / "index.json").is_file():
+            print(f"[data] {out_dir} was built by another process meanwhile; using it")
+            return
+        atomic_replace_dir(tmp, out_dir)  # an incomplete leftover: replace it
 
 
 def _build_into(settings: TextDataSettings, tmp: Path, out_dir: Path) -> None:
@@ -90,7 +104,7 @@ def _build_into(settings: TextDataSettings, tmp: Path, out_dir: Path) -> None:
     index = pack_corpus(corpus, tok, tmp, settings.seq_len, validation_fraction=settings.validation_fraction,
                         split_seed=settings.split_seed)
     (tmp / "settings.json").write_text(json.dumps(asdict(settings), indent=2))
-    atomic_replace_dir(tmp, out_dir)
+    _publish(tmp, out_dir)
     splits = {k: v["num_sequences"] for k, v in index["splits"].items()}
     print(f"[data] packed {splits} sequences of {settings.seq_len} tokens into {out_dir}")
 

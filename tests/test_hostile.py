@@ -223,6 +223,39 @@ def test_changed_corpus_rebuilds_and_failed_builds_clean_up(corpus, tmp_path):
     assert sorted(p.name for p in cache.iterdir() if p.name.startswith(".")) == []
 
 
+def _build_after(barrier, settings: dict, out_dir: str) -> None:
+    from seqmodels.data import text
+
+    barrier.wait()
+    text._build(TextDataSettings(**settings), Path(out_dir))
+
+
+def test_two_processes_building_one_cache_at_once_leave_one_complete_directory(corpus, tmp_path, monkeypatch):
+    """Two runs started together on the same data (two jobs, a grid) used to share one temporary
+    directory: one removed the other's files and the cache was left with an index and no shards."""
+    import multiprocessing
+
+    monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")
+    settings = TextDataSettings(corpus=str(corpus), vocab_size=300, seq_len=32, validation_fraction=0.1,
+                                cache_dir=str(tmp_path / "cache"))
+    out_dir = Path(settings.cache_dir) / f"packed-{settings.build_key()}"
+    ctx = multiprocessing.get_context("fork")
+    barrier = ctx.Barrier(2)
+    builders = [ctx.Process(target=_build_after, args=(barrier, vars(settings), str(out_dir))) for _ in range(2)]
+    for process in builders:
+        process.start()
+    for process in builders:
+        process.join(120)
+    assert [process.exitcode for process in builders] == [0, 0]
+    data = PackedTextData(settings, init_distributed())
+    assert data.path == out_dir
+    for split in data.index["splits"].values():
+        for shard in split["shards"]:
+            assert (out_dir / shard["file"]).stat().st_size == shard["num_tokens"] * 2
+    assert next(iter(data.eval_batches(2)()))["input_ids"].shape == (2, 32)
+    assert [p.name for p in out_dir.parent.iterdir() if p.name.startswith(".")] == []
+
+
 def test_binary_corpus_file_is_named(corpus, tmp_path):
     corpus_copy = tmp_path / "corpus"
     shutil.copytree(corpus, corpus_copy)
