@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.seqmodels-installed
 PYTEST_ARGS ?=
 
-.PHONY: setup test test-slow demo clean-venv
+.PHONY: setup test test-slow test-transformers4 demo clean-venv
 
 $(STAMP): pyproject.toml setup.py
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -23,6 +23,22 @@ test: $(STAMP)
 
 test-slow: $(STAMP)
 	$(VENV)/bin/pytest -m slow $(PYTEST_ARGS)
+
+# The HF tests on the lowest supported transformers 4.x (pyproject: transformers>=4.49), installed with
+# --no-deps into $(TRANSFORMERS4) and put first on PYTHONPATH, so the venv (transformers 5.x) is untouched.
+# transformers 4.x needs huggingface_hub < 1.0, and the venv's datasets needs a newer hub: the last
+# datasets release that imports with hub 0.x (and its httpx) come along.
+TRANSFORMERS4 ?= .cache/transformers4
+TRANSFORMERS4_PINS = transformers==4.49.0 tokenizers==0.21.4 huggingface_hub==0.36.0 datasets==4.8.5 httpx==0.28.1 httpcore==1.0.9
+
+$(TRANSFORMERS4)/.installed: | $(STAMP)
+	rm -rf $(TRANSFORMERS4)
+	$(PY) -m pip install -q --no-deps --target $(TRANSFORMERS4) $(TRANSFORMERS4_PINS)
+	touch $@
+
+test-transformers4: $(TRANSFORMERS4)/.installed
+	PYTHONPATH=$(abspath $(TRANSFORMERS4)) $(PY) -c "import transformers; assert transformers.__version__ == '4.49.0', transformers.__file__"
+	PYTHONPATH=$(abspath $(TRANSFORMERS4)) $(VENV)/bin/pytest tests/hf tests/test_padding.py tests/test_lm_eval.py $(PYTEST_ARGS)
 
 # The venv's `deepspeed` launcher (a venv made with --system-site-packages has no script of its
 # own: then the same launcher as a module), on a free port (29500, the default, may be taken).

@@ -100,11 +100,13 @@ def load_plain_model(gguf_path: str | os.PathLike):
     require_gguf()
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from seqmodels.hf import dtype_kwargs
+
     gguf_path = Path(gguf_path)
     if not gguf_path.is_file():
         raise FileNotFoundError(f"GGUF file {gguf_path} does not exist")
     folder, name = gguf_path.parent, gguf_path.name
-    loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+    loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, **dtype_kwargs(torch.float32))
     settings = {k: v for k, v in loaded.config.to_dict().items() if k not in CONFIG_KEYS_DROPPED}
     config = type(loaded.config).from_dict(settings)
     model = type(loaded)(config).to(torch.float32)
@@ -151,8 +153,10 @@ def greedy_continuation(model_dir: str | os.PathLike, prompt: str, max_new_token
     """The greedy (argmax) continuation of `prompt` by the HF causal LM in `model_dir`, as text."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from seqmodels.hf import dtype_kwargs
+
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    model = AutoModelForCausalLM.from_pretrained(model_dir, **dtype_kwargs(torch.float32)).eval()
     inputs = tokenizer(prompt, return_tensors="pt")
     with torch.no_grad():
         output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,

@@ -18,6 +18,8 @@ Registered with AutoConfig / AutoModel / AutoModelForCausalLM when `seqmodels` i
 from __future__ import annotations
 
 import torch
+import transformers
+from packaging.version import Version
 from torch import nn
 from transformers import (
     AutoConfig,
@@ -27,6 +29,7 @@ from transformers import (
     PretrainedConfig,
     PreTrainedModel,
 )
+from transformers import modeling_utils as hf_modeling_utils
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
 from seqmodels.block import Block
@@ -38,6 +41,14 @@ from seqmodels.state import ModelState
 # The output field (and generate's keyword) holding the cache: `cache` in transformers 5.x,
 # `past_key_values` before.
 CACHE_FIELD = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
+
+# from_pretrained's dtype keyword: `dtype` since transformers 4.56, `torch_dtype` before.
+DTYPE_KEYWORD = "dtype" if Version(transformers.__version__) >= Version("4.56") else "torch_dtype"
+
+
+def dtype_kwargs(dtype) -> dict:
+    """`from_pretrained(path, **dtype_kwargs(torch.float32))` on transformers 4.x and 5.x."""
+    return {DTYPE_KEYWORD: dtype}
 
 # Standard HF config name -> ModelConfig field.
 STANDARD_FIELDS = {
@@ -115,8 +126,11 @@ class SeqModelsPreTrainedModel(PreTrainedModel):
 
     def _build(self, config: SeqModelsConfig) -> SeqLM:
         model = SeqLM(config.to_model_config())
+        if not getattr(hf_modeling_utils, "_init_weights", True):
+            return model  # 4.x from_pretrained builds under no_init_weights (torch.nn.init disabled): HF then loads
+            # or initializes each parameter through _init_weights
         for param in model.parameters():  # SeqLM initialized them: post_init must not draw them again
-            if param.device.type != "meta":  # (from_pretrained builds on meta: HF then loads or initializes)
+            if param.device.type != "meta":  # (5.x from_pretrained builds on meta: HF then loads or initializes)
                 param._is_hf_initialized = True
         return model
 
@@ -191,7 +205,7 @@ class SeqModelsPreTrainedModel(PreTrainedModel):
         """HF's resize, then the model's own config follows the new vocabulary. New rows are initialized as
         SeqLM initializes its embeddings (`_init_weights`: normal(0, init_std)); `mean_resizing=True` (HF's
         default) draws them near the old rows' mean instead."""
-        embed = super().resize_token_embeddings(new_num_tokens, pad_to_multiple_of, mean_resizing)
+        embed = super().resize_token_embeddings(new_num_tokens, pad_to_multiple_of, mean_resizing=mean_resizing)
         vocab = embed.weight.shape[0]
         self.config.vocab_size = vocab  # also model_config['vocab_size']
         self.model.cfg.vocab_size = vocab  # the ModelConfig SeqLM and its layers share

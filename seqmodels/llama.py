@@ -100,6 +100,8 @@ def _name_map(cfg: ModelConfig) -> dict[str, str]:
 def _load_hf(path_or_model, dtype):
     from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 
+    from seqmodels.hf import dtype_kwargs
+
     if isinstance(path_or_model, PreTrainedModel):
         return path_or_model
     path = Path(path_or_model)
@@ -110,7 +112,7 @@ def _load_hf(path_or_model, dtype):
     hf_config = AutoConfig.from_pretrained(path)
     config_from_llama(hf_config)  # refuse unsupported checkpoints before loading weights
     try:
-        return AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+        return AutoModelForCausalLM.from_pretrained(path, **dtype_kwargs(dtype))
     except OSError as error:
         raise ValueError(f"{path}: could not load the model weights ({error})") from error
 

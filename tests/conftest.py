@@ -13,3 +13,10 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 torch.set_num_threads(1)
+
+
+def pytest_report_header(config):
+    """The transformers the run imports (`make test-transformers4` puts a 4.x first on PYTHONPATH)."""
+    import transformers
+
+    return f"transformers {transformers.__version__} ({os.path.dirname(transformers.__file__)})"

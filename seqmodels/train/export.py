@@ -131,11 +131,12 @@ def load_for_inference(path: str | os.PathLike, device="cpu", dtype=torch.float3
         from transformers import AutoModelForCausalLM
 
         import seqmodels  # noqa: F401  (registers the Auto classes)
+        from seqmodels.hf import dtype_kwargs
 
         if not any(path.glob("*.safetensors")):
             raise ValueError(f"{path} holds no .safetensors weights; only safetensors HF exports are loaded "
                              "(re-export with the pretrain recipe)")
-        hf = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, use_safetensors=True)
+        hf = AutoModelForCausalLM.from_pretrained(str(path), **dtype_kwargs(dtype), use_safetensors=True)
         model = hf.model
         tok_dir = path if (path / "tokenizer_config.json").is_file() else None
     else:

@@ -4,16 +4,33 @@ import pytest
 import torch
 
 import seqmodels  # noqa: F401  (registers the Auto classes)
-from seqmodels import ModelConfig, SeqModelsConfig, SeqModelsForCausalLM
+from seqmodels import ModelConfig, SeqModelsConfig, SeqModelsForCausalLM, mixer_names
+from seqmodels.benchmark_families import tiny_presets
+from seqmodels.layers.registry import get_mixer
 
 # one family per kind of decoding state: a KV cache, a gated-linear-attention state, a conv tail
 FAMILIES = ["transformer-tiny", "gla-tiny", "base_conv-tiny"]
+# every causal LM in the registry: each "-tiny" preset with an LM head, and a plain `mixer:` config for a
+# causal mixer that no such preset uses
+CAUSAL_MIXERS = [name for name in mixer_names() if get_mixer(name).causal]
+TINY = [preset for presets in tiny_presets().values() for preset in presets
+        if ModelConfig.from_preset(preset).head == "lm"]
+EVERY_CAUSAL_LM = TINY + sorted(set(CAUSAL_MIXERS) - {m for p in TINY for m in ModelConfig.from_preset(p).mixer_names()})
 
 
 def make_model(preset, dtype=torch.float64, **config_kwargs):
+    """`preset` is a preset name, or a mixer name (a plain 2-layer config of that mixer)."""
     torch.manual_seed(0)
-    cfg = ModelConfig.from_preset(preset, vocab_size=61)
+    if preset in mixer_names():
+        cfg = ModelConfig.from_dict({"mixer": preset, "d_model": 64, "n_heads": 4, "n_layers": 2, "vocab_size": 61})
+    else:
+        cfg = ModelConfig.from_preset(preset, vocab_size=61)
     return SeqModelsForCausalLM(SeqModelsConfig(cfg, **config_kwargs)).to(dtype).eval()
+
+
+def test_every_causal_mixer_is_generated():
+    covered = {m for name in EVERY_CAUSAL_LM for m in make_model(name).config.to_model_config().mixer_names()}
+    assert covered == set(CAUSAL_MIXERS)
 
 
 def record_calls(model):
@@ -28,7 +45,7 @@ def record_calls(model):
     return lengths
 
 
-@pytest.mark.parametrize("preset", FAMILIES)
+@pytest.mark.parametrize("preset", EVERY_CAUSAL_LM)
 def test_greedy_one_token_per_call_equals_seqlm_generate(preset):
     model = make_model(preset)
     ids = torch.randint(3, 61, (2, 7))
@@ -47,7 +64,7 @@ def test_inputs_embeds_prompt_then_one_token_per_call():
     assert torch.equal(out, model.model.generate(ids, max_new_tokens=4, temperature=0)[:, 5:])
 
 
-@pytest.mark.parametrize("preset", FAMILIES)
+@pytest.mark.parametrize("preset", EVERY_CAUSAL_LM)
 def test_beam_search_with_cache_equals_without(preset):
     model = make_model(preset)
     ids = torch.randint(3, 61, (2, 6))

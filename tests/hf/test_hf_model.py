@@ -11,7 +11,10 @@ from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
 import seqmodels  # noqa: F401  (registers the Auto classes)
 from seqmodels import ModelConfig, SeqLM, SeqModelsConfig, SeqModelsForCausalLM
-from seqmodels.hf import SeqModelsModel
+from seqmodels.hf import SeqModelsModel, dtype_kwargs
+
+
+FLOAT64 = dtype_kwargs(torch.float64)  # from_pretrained's dtype keyword on transformers 4.x and 5.x
 
 
 def make_model(preset="gla-tiny", dtype=torch.float64, **overrides):
@@ -161,14 +164,14 @@ def test_hidden_states_and_inputs_embeds(preset):
 def test_auto_model_loads_the_trunk(tmp_path, tied):
     causal = make_model("transformer-tiny", tie_embeddings=tied).eval()
     causal.save_pretrained(tmp_path)
-    trunk = AutoModel.from_pretrained(tmp_path, dtype=torch.float64).eval()
+    trunk = AutoModel.from_pretrained(tmp_path, **FLOAT64).eval()
     assert isinstance(trunk, SeqModelsModel) and trunk.model.lm_head is None
     ids = torch.randint(0, 61, (2, 8))
     out = trunk(ids, use_cache=True)
     h, state, _ = causal.model.hidden_states(ids, return_state=True)
     torch.testing.assert_close(out.last_hidden_state, h, rtol=0, atol=0)
     assert out[1].seen_tokens == 8 and torch.equal(out[1].layers[0].key, state.layers[0].key)
-    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float64).eval()
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path, **FLOAT64).eval()
     torch.testing.assert_close(reloaded(ids).logits, causal(ids).logits, rtol=0, atol=0)
     assert (reloaded.model.lm_head.weight is reloaded.model.embed.weight) == tied
 
