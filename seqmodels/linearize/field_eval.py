@@ -203,7 +203,7 @@ def planned_tokens(plan: EvalPlan, n_models: int) -> dict:
     per_model = {
         "perplexity (code + English)": 2 * plan.ppl_tokens,
         "passkey": sum(int(c) * plan.passkey_documents for c in plan.passkey_contexts),
-        "mqar (~70 tokens per query)": 70 * plan.mqar_documents,
+        "mqar (estimate: ~200 tokens per query)": 200 * plan.mqar_documents,
         "decode prefill + steps": sum(int(c) + plan.decode_steps + 2 for c in plan.decode_contexts),
         "generations": len(PROMPTS) * (plan.new_tokens + 16),
     }

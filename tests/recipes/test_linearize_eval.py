@@ -109,7 +109,9 @@ def test_passkey_accuracy_is_the_scoring_rule_over_greedy_answers(models):
     for sample, row in zip(samples, rows):
         ids = torch.tensor([tok(row["text"], add_special_tokens=False)["input_ids"]])
         assert ids.shape[1] == 256 - passkey.ANSWER_TOKENS
-        answer = tok.decode(model.generate(ids, passkey.ANSWER_TOKENS, temperature=0.0)[0, ids.shape[1]:].tolist())
+        new = model.generate(ids, passkey.ANSWER_TOKENS, temperature=0.0)[0, ids.shape[1]:].tolist()
+        new = new[:new.index(tok.eos_token_id)] if tok.eos_token_id in new else new  # generation stops at EOS
+        answer = tok.decode(new)
         assert sample["resps"][0][0] == answer.split("\n")[0]
         accs.append(passkey.process_results(row, [answer])["acc"])
         assert sample["acc"] == accs[-1]
