@@ -135,6 +135,7 @@ def test_decode_state_is_the_kv_cache_for_the_teacher_and_constant_for_the_stude
     assert fe.decode_cost(student, 40, 20, 32)["state_bytes"] == fe.decode_cost(student, 120, 20, 32)["state_bytes"]
 
 
+@pytest.mark.slow
 def test_field_eval_writes_the_table_of_every_model(models, tmp_path):
     teacher_dir, students = models
     logged = []
@@ -176,6 +177,11 @@ def test_bad_inputs_are_one_line_errors(models, tmp_path):
         fe.check_plan(fe.EvalPlan(decode_contexts=[1024, 0]))
     with pytest.raises(ValueError, match="--data_config .* does not exist"):
         fe.run_data_settings(students, str(tmp_path / "none.yaml"))
+
+
+@pytest.mark.slow
+def test_recipe_without_a_student_is_one_error_line(models, tmp_path):
+    teacher_dir, _ = models
     proc = subprocess.run([sys.executable, str(REPO / "recipes" / "linearize_eval.py"), "--teacher", str(teacher_dir),
                            "--out", str(tmp_path), "--dry_run"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1
