@@ -6,6 +6,10 @@ Sources (`load_corpus(source)`):
   `sysconfig.get_paths()["stdlib"]` plus its LICENSE.txt, test folders, site-packages and
   caches excluded, files in sorted relative-path order, capped at `max_bytes` (default 20 MB).
   On CPython 3.11.7 that is 732 documents, 12.1 MB (`corpus_stats(load_corpus())`).
+- "pydoc_topics": English prose every Python install ships: the language reference and library
+  topics that `help()` shows (`pydoc_data/topics.py`, one document per topic, sorted by topic
+  name; CPython 3.11.7: 79 topics, 465k characters). The stdlib corpus contains the same text as
+  one `.py` file (string literals), so a model trained on "stdlib" may have seen it.
 - a directory: every file in it (recursively, sorted, hidden files skipped) must be of one
   kind: text (.txt/.md; one file = one document), json lines (.jsonl/.json) or parquet.
 - a single .txt/.md/.jsonl/.json/.parquet file.
@@ -52,6 +56,8 @@ def corpus_fingerprint(source: Union[str, os.PathLike, None]) -> dict:
     """What a corpus (or any file/folder source) holds, for a cache key: see module docstring."""
     if source is None or str(source) == "stdlib":
         return {"stdlib": sysconfig.get_paths()["stdlib"], "python": sys.version}
+    if str(source) == PYDOC_TOPICS:
+        return {PYDOC_TOPICS: sysconfig.get_paths()["stdlib"], "python": sys.version}
     path = Path(source)
     if not path.exists():
         return {"not_a_path": str(source)}
@@ -110,6 +116,18 @@ def stdlib_corpus(max_bytes: Optional[int] = DEFAULT_MAX_BYTES) -> datasets.Data
     return _check_nonempty(datasets.Dataset.from_dict({"text": texts}), f"the standard library at {root}")
 
 
+PYDOC_TOPICS = "pydoc_topics"
+
+
+def pydoc_topics_corpus() -> datasets.Dataset:
+    """The "pydoc_topics" corpus: `pydoc_data.topics.topics` (English reference prose), one
+    document per topic in sorted topic order."""
+    from pydoc_data.topics import topics
+
+    texts = [topics[name] for name in sorted(topics)]
+    return _check_nonempty(datasets.Dataset.from_dict({"text": texts}), "pydoc_data/topics.py")
+
+
 def _kind(path: Path) -> str:
     suffix = path.suffix.lower()
     if suffix in TEXT_SUFFIXES:
@@ -150,6 +168,8 @@ def load_corpus(
     the embedded default; `cache_dir` is passed to `datasets.load_dataset`."""
     if source is None or str(source) == "stdlib":
         return stdlib_corpus(max_bytes)
+    if str(source) == PYDOC_TOPICS:
+        return pydoc_topics_corpus()
     path = Path(source)
     if not path.exists():
         raise ValueError(f"corpus path does not exist: {path}")

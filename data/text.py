@@ -176,7 +176,13 @@ def text_windows(tokenizer, path: str | Path, seq_len: int) -> Iterator[torch.Te
         ids = ids + [tokenizer.eos_token_id]
     if len(ids) < 2:
         raise ValueError(f"{path} has {len(ids)} token(s); need at least 2 to score a prediction")
-    tokens = torch.tensor(ids, dtype=torch.long)
+    return id_windows(ids, seq_len)
+
+
+def id_windows(ids, seq_len: int) -> Iterator[torch.Tensor]:
+    """Windows [n <= seq_len + 1] over a token-id list, stride seq_len: every id after the first
+    is a target exactly once (the last, partial window included)."""
+    tokens = torch.as_tensor(ids, dtype=torch.long)
     for start in range(0, len(tokens) - 1, seq_len):
         yield tokens[start:start + seq_len + 1]
 

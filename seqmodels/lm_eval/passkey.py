@@ -6,7 +6,8 @@ prompt plus answer budget fill L (lm-eval keeps max_length - max_gen_toks prompt
 the instruction, filler words, the needle sentence after a fraction `depth` of the filler,
 more filler, then the question ending in "The pass key is". Filler is whole words of the
 paper's sentences; the last few tokens up to the exact length are single-token units (" .").
-Document i of n (default 16) has depth i / (n - 1) and a key drawn from numpy's generator
+Document i of n (default 16; lm-eval's `--metadata '{"num_documents": 4}'` sets it) has depth
+i / (n - 1) (a single document: depth 0.5) and a key drawn from numpy's generator
 seeded with L, so the documents depend only on L, n and the tokenizer. All n prompts of a task
 have the same length, so a batch of generations needs no padding while the batch size divides n
 (1, 2, 4, 8, 16): lm-eval batches the requests sorted by length, one task's after another's. Scoring: the first run of digits in the
@@ -59,13 +60,13 @@ def passkey_prompt(count_tokens: Callable[[str], int], prompt_tokens: int, depth
 
 def passkey_documents(count_tokens: Callable[[str], int], context_length: int, num_documents: int = 16) -> list[dict]:
     """`num_documents` rows {"text": prompt, "passkey": "12345", "depth": d} for context length L."""
-    if num_documents < 2:
-        raise ValueError(f"num_documents must be >= 2 (depths 0 and 1), got {num_documents}")
+    if num_documents < 1:
+        raise ValueError(f"num_documents must be >= 1, got {num_documents}")
     rng = np.random.default_rng(context_length)
     keys = rng.integers(10_000, 100_000, size=num_documents)
     rows = []
     for i, key in enumerate(keys.tolist()):
-        depth = i / (num_documents - 1)
+        depth = i / (num_documents - 1) if num_documents > 1 else 0.5
         text = passkey_prompt(count_tokens, context_length - ANSWER_TOKENS, depth, key)
         rows.append({"text": text, "passkey": str(key), "depth": depth})
     return rows

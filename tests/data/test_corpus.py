@@ -1,4 +1,4 @@
-"""Corpus sources (stdlib default, text dir, jsonl, parquet, save_to_disk) and their errors."""
+"""Corpus sources (stdlib default, pydoc_topics, text dir, jsonl, parquet, save_to_disk) and their errors."""
 import json
 
 import datasets
@@ -15,6 +15,17 @@ def test_stdlib_corpus_capped_deterministic():
     assert stats["documents"] == len(a) > 3
     assert stats["bytes"] == sum(len(t.encode("utf-8")) for t in a["text"]) <= 200_000
     assert "Python" in a["text"][0]  # LICENSE.txt comes first
+
+
+def test_pydoc_topics_is_one_document_per_topic_in_sorted_order():
+    from pydoc_data.topics import topics
+
+    from seqmodels.data.corpus import corpus_fingerprint
+
+    ds = load_corpus("pydoc_topics")
+    assert ds["text"] == [topics[name] for name in sorted(topics) if topics[name]]
+    assert len(ds) > 50 and "assignment" in topics and topics["assignment"] in ds["text"]
+    assert corpus_fingerprint("pydoc_topics") != corpus_fingerprint("stdlib")
 
 
 def test_text_directory_one_document_per_file(tmp_path):
