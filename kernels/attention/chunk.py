@@ -20,6 +20,11 @@ from .naive import visible
 from .sdpa import attention_sdpa
 
 
+def previous_block(x: torch.Tensor) -> torch.Tensor:
+    """[B, n, ...] blocks along dim 1 -> at block b, block b−1 (zeros at the first)."""
+    return torch.cat([torch.zeros_like(x[:, :1]), x[:, :-1]], dim=1)
+
+
 def attention_local(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, offset: int, window: Optional[int], chunk_size: Optional[int],
     scale: float, extras: Extras = Extras(),
@@ -41,8 +46,7 @@ def attention_local(
     real = real.view(n, block)
     pos = (offset - lead + torch.arange(n * block, device=q.device)).view(n, block)
     if prev:  # keys of block i = [block i-1, block i]
-        shift = lambda x: torch.cat([torch.zeros_like(x[:, :1]), x[:, :-1]], dim=1)  # noqa: E731
-        kb, vb = torch.cat([shift(kb), kb], dim=2), torch.cat([shift(vb), vb], dim=2)
+        kb, vb = torch.cat([previous_block(kb), kb], dim=2), torch.cat([previous_block(vb), vb], dim=2)
         key_real = torch.cat([torch.cat([real.new_zeros(1, block), real[:-1]]), real], dim=1)
         key_pos = torch.cat([pos - block, pos], dim=1)
     else:

@@ -37,6 +37,7 @@ from torch import nn
 
 from seqmodels.kernels._dtype import compute_dtype
 from seqmodels.kernels.attention import WindowCache
+from seqmodels.kernels.attention.chunk import previous_block
 from seqmodels.layers.registry import register_mixer
 from seqmodels.modules.hedgehog_window import HedgehogWindowBase
 from seqmodels.modules.normalized_gla import zero_state
@@ -169,11 +170,8 @@ class LolcatsAttention(HedgehogWindowBase):
         def blocks(t):  # [B, T, H, d] -> [B, n, w, H, d]
             return torch.nn.functional.pad(t, (0, 0, 0, 0, 0, pad)).unflatten(1, (n, w))
 
-        def previous(t):  # block b -> block b−1 (zeros before the first)
-            return torch.cat([torch.zeros_like(t[:, :1]), t[:, :-1]], dim=1)
-
         qb, kb, vb, fqb, fkb = map(blocks, (q, k_h, v1, phi_q, phi_k))
-        k_prev, v_prev, fk_prev = previous(kb), previous(vb), previous(fkb)
+        k_prev, v_prev, fk_prev = previous_block(kb), previous_block(vb), previous_block(fkb)
         r = torch.arange(w, device=q.device)
         earlier = r[None, :] > r[:, None]  # [w, w]: column s > row r (block b−1: in the window)
         real_prev = (torch.arange(n, device=q.device) > 0)[:, None, None]  # [n, 1, 1]: block b−1 exists
